@@ -1,0 +1,62 @@
+"""Rethinking generalization (Zhang et al. 2017): fit randomized data.
+
+  python launch/train.py --config=configs/generalization.py:mnist --workdir=D \
+      --config.randomization=random_labels
+
+Variants: digits (default), digits_cnn, mnist, mnist_cnn, tiny (tests).
+`randomization` in none, partial, random_labels, shuffled_pixels,
+random_pixels, gaussian; `corruption` is the label-noise fraction of partial.
+"""
+
+import ml_collections
+
+from frontiers_jax.config import base_config, variant
+
+
+def get_config(arg=None):
+  c = base_config()
+  c.workload = 'generalization'
+  c.randomization = 'none'
+  c.corruption = 0.5
+  c.data.train_size = 0  # 0: the whole training split
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'mlp'
+  c.model.hidden = (512, 512)  # mlp
+  c.model.features = (32, 64)  # cnn
+  c.model.dense = 256          # cnn
+
+  name = variant(arg, ('digits', 'digits_cnn', 'mnist', 'mnist_cnn', 'tiny'),
+                 default='digits')
+  if name.startswith('digits'):
+    # 1437 training images of 8x8: memorizing random labels takes seconds.
+    c.data.name = 'digits'
+    c.num_steps = 2000
+    c.batch_size = 128
+    c.eval_batch_size = 360
+    c.log_every = 50
+    c.eval_every = 100
+    c.checkpoint_every = 1000
+  if name.startswith('mnist'):
+    c.data.name = 'mnist'
+    c.model.hidden = (1024, 1024)
+    c.num_steps = 20000
+    c.batch_size = 256
+    c.eval_batch_size = 2000
+    c.log_every = 200
+    c.eval_every = 1000
+    c.checkpoint_every = 2000
+  if name.endswith('_cnn'):
+    c.model.name = 'cnn'
+  if name == 'tiny':
+    c.data.name = 'digits'
+    c.data.train_size = 256
+    c.model.hidden = (32,)
+    c.model.features = (4, 8)
+    c.model.dense = 16
+    c.num_steps = 12
+    c.batch_size = 32
+    c.eval_batch_size = 120
+    c.log_every = 3
+    c.eval_every = 6
+    c.checkpoint_every = 4
+  return c

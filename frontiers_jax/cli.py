@@ -1,0 +1,85 @@
+"""Command-line plumbing shared by the launchers in `launch/`.
+
+The launchers hold flags only. `--config.a.b=value` overrides are taken out of
+argv before absl parses the rest, so that a bad key or value is reported as
+the project's one-line error (exit status 2), not as absl's.
+"""
+
+import sys
+from typing import Callable
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from frontiers_jax import config as config_lib
+from frontiers_jax.errors import EXIT_USAGE, UsageError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('config', None, 'configs/<experiment>.py[:variant]')
+flags.DEFINE_string('workdir', None, 'directory for checkpoints, logs, figures')
+
+_overrides: list[tuple[str, str]] = []
+
+
+def _parse(argv: list[str]) -> list[str]:
+  rest, overrides = config_lib.split_override_args(argv)
+  _overrides.extend(overrides)
+  try:
+    return FLAGS(rest)
+  except flags.Error as e:
+    raise UsageError('flags', str(e), f'run {argv[0]} --helpfull') from None
+
+
+def load_config_from_flags():
+  """The config named by --config, with the --config.* overrides applied."""
+  if not FLAGS.config:
+    raise UsageError('config', 'not given', 'pass --config=configs/<experiment>.py[:variant]')
+  config = config_lib.load_config(FLAGS.config)
+  config_lib.apply_overrides(config, _overrides)
+  return config
+
+
+def train(argv: list[str]) -> int:
+  del argv
+  from frontiers_jax.training import loop  # jax is imported after parsing.
+  config = load_config_from_flags()
+  try:
+    loop.train_and_evaluate(config, FLAGS.workdir)
+  except loop.Diverged as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  except loop.Preempted as e:
+    print(f'preempted: {e}', file=sys.stderr)
+    return loop.EXIT_PREEMPTED
+  print(f'done: {FLAGS.workdir}/summary.json')
+  return 0
+
+
+def demo(argv: list[str]) -> int:
+  del argv
+  import os
+  from frontiers_jax import tour  # jax is imported after parsing.
+  configs_dir = os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), 'configs')
+  path = tour.run_tour(FLAGS.workdir or 'runs/demo', configs_dir, quick=FLAGS.quick)
+  print(f'report: {os.path.abspath(path)}')
+  return 0
+
+
+def main(command: Callable[[list[str]], int]) -> None:
+  """Runs `command` under absl; a `UsageError` anywhere becomes exit status 2."""
+  def run(argv):
+    if not FLAGS['verbosity'].present:  # Orbax logs every save at INFO.
+      logging.set_verbosity(logging.WARNING)
+    try:
+      sys.exit(command(argv))
+    except UsageError as e:
+      print(e.line(), file=sys.stderr)
+      sys.exit(EXIT_USAGE)
+
+  try:
+    app.run(run, flags_parser=_parse)
+  except UsageError as e:  # Raised while parsing flags, before `run`.
+    print(e.line(), file=sys.stderr)
+    sys.exit(EXIT_USAGE)

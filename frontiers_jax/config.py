@@ -1,0 +1,226 @@
+"""Configs as code: `configs/<experiment>.py:<variant>` files, overrides, checks.
+
+A config file defines `get_config(arg)` returning an `ml_collections.ConfigDict`
+built on `base_config()`. The launcher loads it with `load_config`, applies
+`--config.a.b=value` overrides with `apply_overrides` (the config is locked: an
+unknown key fails) and checks the shared keys with `validate_common`. Every
+failure is a one-line `UsageError`, raised before anything is compiled.
+"""
+
+import ast
+import importlib.util
+import json
+import os
+from typing import Any, Iterable, Sequence
+
+import ml_collections
+
+from frontiers_jax.errors import UsageError, check
+
+OPTIMIZERS = ('adam', 'adamw', 'sgd', 'momentum')
+SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Keys that every workload shares; experiment files add their own."""
+  c = ml_collections.ConfigDict()
+  c.workload = ''
+  c.seed = 0
+  c.num_steps = 1000
+  c.batch_size = 128          # global batch, split over all devices
+  c.eval_batch_size = 1000    # global; the last batch is padded and masked
+  c.log_every = 100           # train metrics are averaged over this many steps
+  c.eval_every = 500          # 0: evaluate only at the end
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 2
+  c.num_devices = 0           # 0: all devices; n: the first n (one process)
+  c.quiet = False             # no progress lines on the console
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = 'adam'
+  c.optim.learning_rate = 1e-3
+  c.optim.schedule = 'constant'
+  c.optim.warmup_steps = 0
+  c.optim.momentum = 0.9      # sgd with momentum; adam's b1 stays 0.9
+  c.optim.weight_decay = 0.0  # adamw only
+  c.optim.clip_norm = 0.0     # 0: no global-norm clipping
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'digits'
+  c.data.dir = ''             # '' -> $FRONTIERS_DATA_DIR -> TFDS
+  return c
+
+
+def variant(arg: str | None, names: Sequence[str], default: str) -> str:
+  """Checks the variant named in `file.py:name` (`default` when none is)."""
+  name = arg or default
+  check(name in names, 'config', f'unknown variant {name!r}',
+        f'variants are {", ".join(names)}')
+  return name
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """Loads `path/to/file.py[:arg]`, calls its `get_config(arg)` and locks it."""
+  path, _, arg = spec.partition(':')
+  check(bool(path), 'config', 'no config file given',
+        'pass --config=configs/<experiment>.py[:variant]')
+  check(os.path.isfile(path), 'config', f'{path} does not exist',
+        'pass an existing configs/<experiment>.py[:variant]')
+  check(path.endswith('.py'), 'config', f'{path} is not a .py file',
+        'pass configs/<experiment>.py[:variant]')
+  module_spec = importlib.util.spec_from_file_location('_frontiers_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+  except UsageError:
+    raise
+  except Exception as e:  # A broken config file is still one line.
+    raise UsageError('config', f'{path} failed to load ({type(e).__name__}: '
+                     f'{e})', 'fix the file') from e
+  check(hasattr(module, 'get_config'), 'config',
+        f'{path} defines no get_config(arg)', 'define get_config(arg)')
+  config = module.get_config(arg or None)
+  config.lock()
+  return config
+
+
+def split_override_args(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+  """Separates `--config.a.b=v` arguments from the others.
+
+  `--config.a.b v` (value as the next argument) is accepted too.
+  """
+  rest, overrides = [], []
+  args = list(argv)
+  while args:
+    arg = args.pop(0)
+    if arg.startswith('--config.'):
+      key, eq, value = arg[len('--config.'):].partition('=')
+      if not eq:
+        check(bool(args) and not args[0].startswith('--'), f'config.{key}',
+              'no value given', f'write --config.{key}=VALUE')
+        value = args.pop(0)
+      overrides.append((key, value))
+    else:
+      rest.append(arg)
+  return rest, overrides
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Iterable[tuple[str, str]]) -> None:
+  """Sets each dotted key to its value, parsed to the type the key has."""
+  for key, text in overrides:
+    parent, leaf = _parent_of(config, key)
+    kind = parent.get_type(leaf)
+    value = _parse(text, kind, f'config.{key}')
+    try:
+      parent[leaf] = value
+    except (TypeError, ValueError) as e:
+      raise UsageError(f'config.{key}', f'{text!r} is not a {kind.__name__}',
+                       f'give a {kind.__name__}') from e
+
+
+def _parent_of(config: ml_collections.ConfigDict, key: str):
+  node = config
+  parts = key.split('.')
+  for depth, part in enumerate(parts):
+    where = 'config.' + '.'.join(parts[:depth + 1])
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      raise UsageError(where, 'unknown key',
+                       'known keys here: ' + ', '.join(known) if known else
+                       f'{where.rsplit(".", 1)[0]} has no sub-keys')
+    if depth == len(parts) - 1:
+      if isinstance(node[part], ml_collections.ConfigDict):
+        raise UsageError(where, 'is a group of keys, not a value',
+                         'set one of ' + ', '.join(sorted(node[part].keys())))
+      return node, part
+    node = node[part]
+
+
+def _parse(text: str, kind: type, where: str) -> Any:
+  """Parses a command-line string as `kind` (the type the key already has)."""
+  if kind is bool:
+    lowered = text.strip().lower()
+    check(lowered in ('true', 'false', '1', '0', 'yes', 'no'), where,
+          f'{text!r} is not a bool', 'give true or false')
+    return lowered in ('true', '1', 'yes')
+  if kind is int:
+    try:
+      return int(text)
+    except ValueError:
+      raise UsageError(where, f'{text!r} is not an int',
+                       'give a whole number like 128') from None
+  if kind is float:
+    try:
+      return float(text)
+    except ValueError:
+      raise UsageError(where, f'{text!r} is not a float',
+                       'give a number like 0.001') from None
+  if kind in (tuple, list):
+    try:
+      value = ast.literal_eval(text if text.strip().startswith(('(', '['))
+                               else f'({text},)')
+    except (ValueError, SyntaxError):
+      raise UsageError(where, f'{text!r} is not a {kind.__name__}',
+                       'give comma-separated values like 1,2,4') from None
+    return kind(value if isinstance(value, (tuple, list)) else (value,))
+  return text
+
+
+# -- Checks of the shared keys ------------------------------------------------
+
+def _positive_int(config, key: str) -> None:
+  value = _get(config, key)
+  check(isinstance(value, int) and value > 0, f'config.{key}',
+        f'{value} is not allowed', 'give a whole number > 0')
+
+
+def _get(config, key: str) -> Any:
+  node = config
+  for part in key.split('.'):
+    node = node[part]
+  return node
+
+
+def check_choice(config, key: str, allowed: Sequence[str]) -> None:
+  """Raises a `UsageError` unless `config.<key>` is one of `allowed`."""
+  value = _get(config, key)
+  check(value in allowed, f'config.{key}', f'unknown value {value!r}',
+        f'allowed: {", ".join(allowed)}')
+
+
+def check_range(config, key: str, low: float, high: float) -> None:
+  value = _get(config, key)
+  check(low <= value <= high, f'config.{key}', f'{value} is out of range',
+        f'allowed: {low} to {high}')
+
+
+def validate_common(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Checks the keys of `base_config()`; `num_devices` is the mesh size."""
+  for key in ('num_steps', 'batch_size', 'eval_batch_size', 'log_every',
+              'checkpoint_every', 'keep_checkpoints'):
+    _positive_int(config, key)
+  check(config.eval_every >= 0, 'config.eval_every',
+        f'{config.eval_every} is not allowed', 'give 0 (only at the end) or more')
+  check(config.num_devices >= 0, 'config.num_devices',
+        f'{config.num_devices} is not allowed', 'give 0 (all devices) or more')
+  for key in ('batch_size', 'eval_batch_size'):
+    value = config[key]
+    check(value % num_devices == 0, f'config.{key}',
+          f'{value} is not divisible by the {num_devices} devices',
+          f'give a multiple of {num_devices}')
+  check_choice(config, 'optim.name', OPTIMIZERS)
+  check_choice(config, 'optim.schedule', SCHEDULES)
+  lr = config.optim.learning_rate
+  check(lr > 0, 'config.optim.learning_rate', f'{lr} is not allowed',
+        'give a learning rate > 0')
+  check(config.optim.warmup_steps >= 0, 'config.optim.warmup_steps',
+        f'{config.optim.warmup_steps} is not allowed', 'give 0 or more')
+  for key in ('weight_decay', 'clip_norm'):
+    value = config.optim[key]
+    check(value >= 0, f'config.optim.{key}', f'{value} is not allowed',
+          'give 0 (off) or more')
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)

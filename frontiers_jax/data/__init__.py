@@ -1,0 +1,8 @@
+"""Data sets by name, loaded whole into host memory as numpy arrays or text."""
+
+from frontiers_jax.data.registry import check_available
+from frontiers_jax.data.registry import DATASETS
+from frontiers_jax.data.registry import IMAGE_DATASETS
+from frontiers_jax.data.registry import load
+from frontiers_jax.data.registry import resolve_data_dir
+from frontiers_jax.data.registry import TEXT_DATASETS

@@ -1,0 +1,65 @@
+"""Classifiers shared by the workloads: an MLP and a small CNN (NHWC).
+
+Images come in as float32 in [0, 1], shape [B, H, W, C].
+"""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+MODELS = ('mlp', 'cnn')
+
+
+class MLP(nn.Module):
+  """Flatten, then Dense-ReLU per hidden width, then a linear readout."""
+  hidden: Sequence[int] = (512, 512)
+  num_outputs: int = 10
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+    x = x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1)
+    for width in self.hidden:
+      x = nn.relu(nn.Dense(width)(x))
+    return nn.Dense(self.num_outputs)(x)
+
+
+def max_pool_2x2(x_BxHxWxC: jax.Array) -> jax.Array:
+  """2x2 max pooling by reshape and max (odd edges are cropped).
+
+  Same values as `nn.max_pool(x, (2, 2), (2, 2))`, but its gradient is a plain
+  broadcast compare instead of XLA's select-and-scatter, which is several
+  times slower on CPU.
+  """
+  b, h, w, c = x_BxHxWxC.shape
+  x = x_BxHxWxC[:, :h // 2 * 2, :w // 2 * 2]
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+class SmallCNN(nn.Module):
+  """[conv3x3-ReLU-maxpool2] per feature size, then Dense-ReLU and a readout."""
+  features: Sequence[int] = (32, 64)
+  dense: int = 256
+  num_outputs: int = 10
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+    x = x_BxHxWxC
+    for f in self.features:
+      x = max_pool_2x2(nn.relu(nn.Conv(f, (3, 3), padding='SAME')(x)))
+    x = x.reshape(x.shape[0], -1)
+    x = nn.relu(nn.Dense(self.dense)(x))
+    return nn.Dense(self.num_outputs)(x)
+
+
+def create_classifier(model_config, num_classes: int) -> nn.Module:
+  """`model_config.name` in MODELS; the other keys size the network."""
+  if model_config.name == 'mlp':
+    return MLP(hidden=tuple(model_config.hidden), num_outputs=num_classes)
+  return SmallCNN(features=tuple(model_config.features), dense=model_config.dense,
+                  num_outputs=num_classes)
+
+
+def count_params(params) -> int:
+  return sum(int(jnp.size(p)) for p in jax.tree.leaves(params))

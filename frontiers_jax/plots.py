@@ -1,0 +1,120 @@
+"""Figures of the experiments, written as PNG files (matplotlib, no display)."""
+
+import math
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import numpy as np  # noqa: E402
+
+
+def _save(fig, path: str) -> str:
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def _series(history: list[dict], key: str) -> tuple[list[int], list[float]]:
+  points = [(r['step'], r[key]) for r in history if key in r]
+  return [s for s, _ in points], [v for _, v in points]
+
+
+# -- Rethinking generalization -------------------------------------------------
+
+def learning_curves(history: list[dict], title: str, path: str) -> str:
+  """Train loss, and accuracy on the whole training set and on the test set."""
+  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+  ax_loss.plot(*_series(history, 'train/loss'), label='train loss (batch average)')
+  ax_loss.set(xlabel='step', ylabel='cross-entropy', yscale='log')
+  ax_loss.legend()
+  ax_acc.plot(*_series(history, 'eval_train/accuracy'), label='training set (as trained)')
+  ax_acc.plot(*_series(history, 'eval/accuracy'), label='test set')
+  ax_acc.axhline(0.1, color='grey', linestyle=':', label='chance (10 classes)')
+  ax_acc.set(xlabel='step', ylabel='accuracy', ylim=(0, 1.02))
+  ax_acc.legend()
+  fig.suptitle(title)
+  return _save(fig, path)
+
+
+def randomization_bars(runs: dict[str, dict], path: str) -> str:
+  """The lecture's bar chart: train vs test accuracy per randomization."""
+  names = list(runs)
+  train = [runs[n]['summary']['final'].get('eval_train/accuracy', np.nan) for n in names]
+  test = [runs[n]['summary']['final'].get('eval/accuracy', np.nan) for n in names]
+  x = np.arange(len(names))
+  fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(names)), 4))
+  ax.bar(x - 0.2, train, 0.4, label='training accuracy')
+  ax.bar(x + 0.2, test, 0.4, label='test accuracy')
+  ax.axhline(0.1, color='grey', linestyle=':', label='chance')
+  ax.set_xticks(x, [n.replace('_', ' ') for n in names], rotation=20)
+  ax.set(ylabel='accuracy', ylim=(0, 1.05),
+         title='Deep nets fit random data: train vs test accuracy')
+  ax.legend(loc='lower left')
+  return _save(fig, path)
+
+
+def fit_curves(runs: dict[str, dict], path: str) -> str:
+  """Training-set accuracy vs step for each randomization: fitting noise is
+  possible, but slower."""
+  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+  for name, run in runs.items():
+    ax_loss.plot(*_series(run['history'], 'train/loss'), label=name)
+    ax_acc.plot(*_series(run['history'], 'eval_train/accuracy'), label=name)
+  ax_loss.set(xlabel='step', ylabel='train loss', yscale='log')
+  ax_acc.set(xlabel='step', ylabel='accuracy on the training set', ylim=(0, 1.02))
+  ax_acc.legend(fontsize=8)
+  fig.suptitle('Learning curves per randomization')
+  return _save(fig, path)
+
+
+# -- Universal approximation --------------------------------------------------
+
+def _shown_widths(widths: Sequence[int], count: int = 4) -> list[int]:
+  """About `count` widths spread over the sweep, always with the widest."""
+  index = np.unique(np.linspace(0, len(widths) - 1, count).round().astype(int))
+  return [widths[i] for i in index]
+
+
+def approximation_fits(target: str, test: dict, train: dict, widths: Sequence[int],
+                       predictions: np.ndarray, path: str) -> str:
+  """The target and the fits of a few widths (1-D curves or 2-D maps)."""
+  shown = _shown_widths(list(widths))
+  if test['x'].shape[1] == 1:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = test['x'][:, 0]
+    ax.plot(x, test['y'], 'k', linewidth=2.5, label=f'target: {target}')
+    ax.scatter(train['x'][:, 0], train['y'], s=3, c='grey', alpha=0.4,
+               label='training points')
+    for w in shown:
+      ax.plot(x, predictions[list(widths).index(w)], label=f'width {w}')
+    ax.set(xlabel='x', ylabel='f(x)', title='One hidden layer, growing width')
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+  side = int(round(math.sqrt(len(test['y']))))
+  panels = [('target', test['y'])] + [
+      (f'width {w}', predictions[list(widths).index(w)]) for w in shown]
+  fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.2))
+  for ax, (name, values) in zip(axes, panels):
+    ax.imshow(values.reshape(side, side).T, origin='lower', extent=(-1, 1, -1, 1),
+              cmap='viridis', vmin=test['y'].min(), vmax=test['y'].max())
+    ax.set_title(name)
+    ax.set_xticks([])
+    ax.set_yticks([])
+  fig.suptitle(f'2-D target {target!r} and one-hidden-layer fits')
+  return _save(fig, path)
+
+
+def error_vs_width(curves: dict[str, dict[int, float]], path: str) -> str:
+  """Test MSE against width on log-log axes, one line per target."""
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for name, errors in curves.items():
+    widths = sorted(w for w, e in errors.items() if e is not None)
+    ax.plot(widths, [errors[w] for w in widths], 'o-', label=name)
+  ax.set(xscale='log', yscale='log', xlabel='hidden width',
+         ylabel='test mean squared error', title='Error falls with width')
+  ax.grid(True, which='both', alpha=0.3)
+  ax.legend()
+  return _save(fig, path)

@@ -1,0 +1,61 @@
+"""Sweeps: one config, one key, several values, one run each, shared figures.
+
+  runs = run_sweep(config, 'runs/gen', 'randomization', ['none', 'random_labels'])
+
+Run i trains in `<workdir>/<key>=<value>/` with the shared loop, so an
+interrupted sweep resumes where it stopped. Every input of every run is
+checked before the first one starts.
+"""
+
+import copy
+import json
+import os
+from typing import Any, Sequence
+
+import ml_collections
+
+from frontiers_jax import config as config_lib
+from frontiers_jax.training import logs
+from frontiers_jax.training import loop
+from frontiers_jax.workloads import approximation, generalization
+
+# Figures across the runs of a sweep, per workload.
+SWEEP_FIGURES = {
+    'approximation': approximation.sweep_figures,
+    'generalization': generalization.sweep_figures,
+}
+
+
+def sweep_configs(config: ml_collections.ConfigDict, key: str,
+                  values: Sequence[str]) -> list[ml_collections.ConfigDict]:
+  """Copies of `config` with `key` set to each value (parsed like overrides)."""
+  configs = []
+  for value in values:
+    c = copy.deepcopy(config)
+    config_lib.apply_overrides(c, [(key, str(value))])
+    configs.append(c)
+  return configs
+
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str, key: str,
+              values: Sequence[Any]) -> dict[str, dict]:
+  """Trains one run per value; returns {value: {summary, history, config, ...}}."""
+  configs = sweep_configs(config, key, [str(v) for v in values])
+  prepared = [loop.prepare(c, os.path.join(workdir, f'{key}={v}'))
+              for c, v in zip(configs, values)]
+  runs = {}
+  for value, run in zip(values, prepared):
+    summary = loop.run_training(run)
+    runs[str(value)] = {
+        'summary': summary,
+        'history': logs.read_history(run.workdir),
+        'config': json.loads(config_lib.to_json(run.config)),
+        'workdir': run.workdir,
+    }
+  return runs
+
+
+def sweep_figures(workload: str, runs: dict[str, dict], fig_dir: str) -> list[str]:
+  os.makedirs(fig_dir, exist_ok=True)
+  return SWEEP_FIGURES[workload](runs, fig_dir)
+

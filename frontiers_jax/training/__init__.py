@@ -1,0 +1,1 @@
+"""The shared training machinery: one loop, one step shape, every workload."""

@@ -1,0 +1,289 @@
+"""`train_and_evaluate(config, workdir)`: the one training loop of the project.
+
+It knows no workload. In order:
+  1. check everything the user gave (config, devices, workdir, data files)
+     before writing or compiling anything;
+  2. build the mesh, the train state (replicated) and the jitted steps;
+  3. resume from the newest good checkpoint in `workdir/checkpoints`;
+  4. loop: batch(step) -> train_step; log, evaluate and checkpoint on schedule;
+  5. write figures and `summary.json`.
+
+Keys are derived, never carried: step s uses `fold_in(train_key, s)`, and batch
+s is a pure function of (seed, s), so a resumed run repeats an uninterrupted
+one bit for bit. SIGTERM saves a checkpoint and exits (status 143).
+"""
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import signal
+import threading
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import jaxlib
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint
+
+from frontiers_jax import config as config_lib
+from frontiers_jax import workloads
+from frontiers_jax.data import pipeline
+from frontiers_jax.errors import UsageError
+from frontiers_jax.training import checkpoints as checkpoints_lib
+from frontiers_jax.training import logs
+from frontiers_jax.training import sharding
+
+EXIT_PREEMPTED = 143  # 128 + SIGTERM, after the checkpoint is written.
+
+# Independent key streams derived from the seed.
+_INIT_STREAM, _TRAIN_STREAM = 0, 1
+
+
+class Diverged(RuntimeError):
+  """A train metric became NaN or Inf; the last checkpoint is still good."""
+
+
+class Preempted(RuntimeError):
+  """SIGTERM arrived; a checkpoint of the current step was written."""
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything `train_and_evaluate` prepares before the first step."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  workload: workloads.Workload
+  mesh: jax.sharding.Mesh
+  data: dict[str, Any]
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
+  """Checks all user input; raises `UsageError` before anything is written."""
+  workload = workloads.create(config)
+  mesh = sharding.make_mesh(config.num_devices)
+  config_lib.validate_common(config, mesh.size)
+  workload.validate()
+  check_workdir(workdir)
+  data = workload.load_data()
+  pipeline.TrainBatches(data['train'], config.batch_size, config.seed)  # checks size
+  return Run(config, workdir, workload, mesh, data)
+
+
+def check_workdir(workdir: str) -> None:
+  """Creates `workdir` if needed and proves it writable; deletes nothing."""
+  if not workdir:
+    raise UsageError('workdir', 'not given', 'pass --workdir=DIR')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write_probe_{os.getpid()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise UsageError('workdir', f'{workdir} is not writable ({e.strerror})',
+                     'choose a directory you can write to') from None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains and evaluates `config` in `workdir`; returns the summary."""
+  return run_training(prepare(config, workdir))
+
+
+def run_training(run: Run) -> dict:
+  config, workload, mesh, workdir = run.config, run.workload, run.mesh, run.workdir
+  start_time = time.time()
+  lead = jax.process_index() == 0
+  if lead:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config_lib.to_json(config))
+
+  batches = pipeline.TrainBatches(run.data['train'], config.batch_size, config.seed,
+                                  jax.process_index(), jax.process_count())
+  key = jax.random.key(config.seed)
+  train_key = jax.random.fold_in(key, _TRAIN_STREAM)
+  example = sharding.shard_batch(mesh, batches(0))
+
+  replicated = sharding.replicated(mesh)
+  state = jax.jit(workload.create_state, out_shardings=replicated)(
+      jax.random.fold_in(key, _INIT_STREAM), example)
+  train_step = make_train_step(workload, train_key, replicated)
+  metric_zeros = zero_metrics(workload, state, example)
+  pending = jax.device_put(metric_zeros, replicated)
+
+  # Resume: the state, and the train metrics summed since the last log step.
+  ckpt = checkpoints_lib.Checkpoints(os.path.join(workdir, 'checkpoints'),
+                                     config.keep_checkpoints)
+  log = logs.MetricsLog(workdir)
+  first_step, pending_steps = 0, 0
+  restored = ckpt.restore_latest(_checkpoint_item(state, pending, 0))
+  if restored is not None:
+    first_step, item = restored
+    state, pending = item['state'], item['pending']
+    pending_steps = int(item['pending_steps'])
+    log.rewind(first_step)
+    _say(config, f'[{workload.name}] resumed from step {first_step} in {ckpt.directory}')
+
+  eval_step = jax.jit(workload.eval_step, out_shardings=replicated)
+  preempted = _catch_sigterm()
+  step = first_step
+  last_log_time, last_log_step, eval_time, steady_times = time.time(), step, 0.0, []
+  try:
+    while step < config.num_steps:
+      batch = sharding.shard_batch(mesh, batches(step))
+      state, pending = train_step(state, pending, batch, jnp.int32(step))
+      step += 1
+      pending_steps += 1
+      last = step == config.num_steps
+      record = {}
+      if step % config.log_every == 0 or last:
+        record.update(_mean_or_stop(pending, pending_steps, step))
+        pending = jax.device_put(metric_zeros, replicated)
+        pending_steps = 0
+      if (config.eval_every and step % config.eval_every == 0) or last:
+        eval_start = time.time()
+        record.update(evaluate(workload, eval_step, mesh, state, run.data,
+                               config.eval_batch_size))
+        eval_time += time.time() - eval_start
+      if record:
+        now = time.time()  # Train metrics were fetched: the steps are done.
+        interval = (now - last_log_time - eval_time) / (step - last_log_step)
+        if last_log_step > first_step:  # The first interval includes compiling.
+          steady_times.append(interval)
+        speeds = {'perf/steps_per_s': 1 / interval,
+                  'perf/examples_per_s': config.batch_size / interval}
+        log.write(step, record, speeds)
+        if not config.quiet:
+          logs.console(logs.progress_line(
+              workload.name, step, config.num_steps, record,
+              speeds['perf/examples_per_s'], (config.num_steps - step) * interval))
+        last_log_time, last_log_step, eval_time = now, step, 0.0
+      if step % config.checkpoint_every == 0 or last or preempted():
+        if pending_steps:
+          _mean_or_stop(pending, pending_steps, step)  # Never save a NaN state.
+        ckpt.save(step, _checkpoint_item(state, pending, pending_steps))
+      if preempted() and not last:
+        ckpt.wait()
+        raise Preempted(f'SIGTERM at step {step}: checkpoint written to '
+                        f'{ckpt.directory}')
+  finally:
+    ckpt.close()
+    log.close()
+
+  history = log.history()
+  figures = []
+  if lead:
+    fig_dir = os.path.join(workdir, 'figures')
+    os.makedirs(fig_dir, exist_ok=True)
+    figures = workload.figures(state, run.data, history, fig_dir)
+  summary = make_summary(config, history, time.time() - start_time,
+                         first_step, steady_times, figures)
+  if lead:
+    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+      json.dump(summary, f, indent=2)
+  return summary
+
+
+def make_train_step(workload, train_key: jax.Array, replicated):
+  """Jits `workload.train_step` once, adding the metric sums and derived key.
+
+  The state and the metric sums are donated: updated in place on device.
+  """
+  def step_fn(state, pending, batch, step):
+    rng = jax.random.fold_in(train_key, step)
+    state, metrics = workload.train_step(state, batch, rng)
+    pending = jax.tree.map(lambda s, m: s + m.astype(jnp.float32), pending, metrics)
+    return state, pending
+
+  return jax.jit(step_fn, out_shardings=(replicated, replicated),
+                 donate_argnums=(0, 1))
+
+
+def zero_metrics(workload, state, batch) -> dict[str, np.ndarray]:
+  """Zeros shaped like the metrics of `train_step` (found without running it)."""
+  _, shapes = jax.eval_shape(workload.train_step, state, batch, jax.random.key(0))
+  return jax.tree.map(lambda x: np.zeros(x.shape, np.float32), shapes)
+
+
+def evaluate(workload, eval_step, mesh, state, data, batch_size: int) -> dict:
+  """Means of the eval metrics over whole splits: 'test' -> `eval/`, others
+  named in `workload.extra_eval_splits` -> `eval_<split>/`."""
+  results = {}
+  for split in ('test',) + tuple(workload.extra_eval_splits):
+    if split not in data:
+      continue
+    sums = None
+    for local in pipeline.eval_batches(data[split], batch_size,
+                                       jax.process_index(), jax.process_count()):
+      out = eval_step(state, sharding.shard_batch(mesh, local))
+      sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    sums = jax.device_get(sums)
+    count = float(sums.pop('count'))
+    prefix = 'eval' if split == 'test' else f'eval_{split}'
+    results.update({f'{prefix}/{k}': float(v) / count for k, v in sums.items()})
+  return results
+
+
+def _mean_or_stop(pending, pending_steps: int, step: int) -> dict[str, float]:
+  """Means of the train metrics since the last log; stops on NaN or Inf."""
+  means = {f'train/{k}': float(v) / pending_steps
+           for k, v in jax.device_get(pending).items()}
+  for key, value in means.items():
+    if not math.isfinite(value):
+      raise Diverged(f'step {step}: {key} is {value} (in the last '
+                     f'{pending_steps} steps); the last checkpoint before it '
+                     'is kept. Lower the learning rate or clip gradients')
+  return means
+
+
+def _checkpoint_item(state, pending, pending_steps: int) -> dict:
+  return {'state': state, 'pending': pending,
+          'pending_steps': jnp.asarray(pending_steps, jnp.int32)}
+
+
+def _catch_sigterm():
+  """Installs a SIGTERM flag (main thread only); returns a function reading it."""
+  flag = {'set': False}
+  if threading.current_thread() is threading.main_thread():
+    def handler(signum, frame):
+      del signum, frame
+      flag['set'] = True
+    signal.signal(signal.SIGTERM, handler)
+  return lambda: flag['set']
+
+
+def make_summary(config, history, wall_time_s, first_step, steady_times,
+                 figures) -> dict:
+  final = {}
+  for record in history:
+    final.update({k: v for k, v in record.items() if k != 'step'})
+  step_time = float(np.median(steady_times)) if steady_times else None
+  devices = jax.devices()
+  return {
+      'workload': config.workload,
+      'num_steps': config.num_steps,
+      'final': final,
+      'wall_time_s': round(wall_time_s, 3),
+      'resumed_from_step': first_step,
+      'steps_per_s': None if step_time is None else 1 / step_time,
+      'examples_per_s': None if step_time is None else config.batch_size / step_time,
+      'versions': {'jax': jax.__version__, 'jaxlib': jaxlib.__version__,
+                   'flax': flax.__version__, 'optax': optax.__version__,
+                   'orbax-checkpoint': orbax.checkpoint.__version__,
+                   'python': platform.python_version()},
+      'devices': {'platform': devices[0].platform, 'kind': devices[0].device_kind,
+                  'count': len(devices), 'used': config.num_devices or len(devices),
+                  'process_count': jax.process_count()},
+      'figures': [os.path.basename(p) for p in figures],
+  }
+
+
+def _say(config, line: str) -> None:
+  if not config.quiet:
+    logs.console(line)

@@ -1,0 +1,31 @@
+"""Optimizers from config: name, learning-rate schedule, clipping."""
+
+import ml_collections
+import optax
+
+
+def learning_rate_schedule(c: ml_collections.ConfigDict, num_steps: int):
+  if c.schedule == 'constant':
+    return optax.constant_schedule(c.learning_rate)
+  if c.schedule == 'cosine':
+    return optax.cosine_decay_schedule(c.learning_rate, num_steps)
+  # warmup_cosine: linear warm-up from 0, then cosine decay to 0.
+  return optax.warmup_cosine_decay_schedule(
+      0.0, c.learning_rate, max(c.warmup_steps, 1), num_steps)
+
+
+def make_optimizer(c: ml_collections.ConfigDict,
+                   num_steps: int) -> optax.GradientTransformation:
+  """`c` is `config.optim` (see `frontiers_jax.config.base_config`)."""
+  lr = learning_rate_schedule(c, num_steps)
+  if c.name == 'adam':
+    tx = optax.adam(lr)
+  elif c.name == 'adamw':
+    tx = optax.adamw(lr, weight_decay=c.weight_decay)
+  elif c.name == 'momentum':
+    tx = optax.sgd(lr, momentum=c.momentum)
+  else:
+    tx = optax.sgd(lr)
+  if c.clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(c.clip_norm), tx)
+  return tx

@@ -1,0 +1,20 @@
+"""The workload registry: `config.workload` names one of these."""
+
+import ml_collections
+
+from frontiers_jax.errors import check
+from frontiers_jax.workloads.base import Workload
+from frontiers_jax.workloads import approximation
+from frontiers_jax.workloads import generalization
+
+WORKLOADS: dict[str, type[Workload]] = {
+    'approximation': approximation.Approximation,
+    'generalization': generalization.Generalization,
+}
+
+
+def create(config: ml_collections.ConfigDict) -> Workload:
+  check(config.workload in WORKLOADS, 'config.workload',
+        f'unknown workload {config.workload!r}',
+        f'allowed: {", ".join(WORKLOADS)}')
+  return WORKLOADS[config.workload](config)

@@ -1,0 +1,87 @@
+"""What a workload supplies to the shared loop, and helpers most workloads use.
+
+The loop (`frontiers_jax.training.loop`) owns data order, sharding, logging,
+evaluation schedule, checkpoints and progress. A workload owns the math:
+
+  validate()                         -> raises UsageError for bad keys
+  load_data()                        -> {'train': arrays, 'test': arrays, ...}
+  create_state(rng, batch)           -> TrainState (pure; jitted by the loop)
+  train_step(state, batch, rng)      -> (state, metrics)  per-step means
+  eval_step(state, batch)            -> metric *sums* over real rows, and 'count'
+  figures(state, data, history, dir) -> paths of the PNGs it wrote
+
+`train_step` and `eval_step` are pure functions of their arguments; the loop
+jits each once. `batch` holds this step's global batch (sharded over devices);
+eval batches carry a `mask` (1 real row, 0 padding).
+"""
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax.training import train_state
+
+from frontiers_jax.training.optim import make_optimizer
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+class Workload:
+  """Base class: subclasses set `name` and implement the methods below."""
+
+  name = ''
+  # Splits evaluated besides 'test'; their keys are prefixed `eval_<split>/`.
+  extra_eval_splits: tuple[str, ...] = ()
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+
+  def validate(self) -> None:
+    """Checks workload keys; raise `UsageError` on bad values."""
+
+  def load_data(self) -> dict[str, dict[str, Any]]:
+    raise NotImplementedError
+
+  def create_state(self, rng: jax.Array, batch: Batch) -> train_state.TrainState:
+    raise NotImplementedError
+
+  def train_step(self, state, batch: Batch, rng: jax.Array):
+    raise NotImplementedError
+
+  def eval_step(self, state, batch: Batch) -> Metrics:
+    raise NotImplementedError
+
+  def figures(self, state, data, history: list[dict], fig_dir: str) -> list[str]:
+    return []
+
+  # -- Helpers for subclasses ------------------------------------------------
+
+  def new_state(self, apply_fn: Callable, params) -> train_state.TrainState:
+    """A TrainState with the optimizer the config names."""
+    tx = make_optimizer(self.config.optim, self.config.num_steps)
+    return train_state.TrainState.create(apply_fn=apply_fn, params=params, tx=tx)
+
+
+def gradient_step(state: train_state.TrainState, loss_fn: Callable,
+                  *args) -> tuple[train_state.TrainState, Metrics]:
+  """One optimizer step on `loss_fn(params, *args) -> (loss, metrics)`.
+
+  Adds `train/loss` and the global gradient norm `train/grad_norm` (a NaN or
+  Inf in any gradient shows up there and stops the run).
+  """
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params, *args)
+  state = state.apply_gradients(grads=grads)
+  return state, {'loss': loss, 'grad_norm': optax.global_norm(grads), **metrics}
+
+
+def classification_sums(logits: jax.Array, labels: jax.Array,
+                        mask: jax.Array) -> Metrics:
+  """Masked sums of cross-entropy and correct predictions, and the count."""
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  return {'loss': jnp.sum(losses * mask), 'accuracy': jnp.sum(correct * mask),
+          'count': jnp.sum(mask)}
