@@ -47,27 +47,29 @@ def width_key(width: int) -> str:
   return f'mse_w{width}'
 
 
-def _symmetric_uniform(scale: float):
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -scale, scale)
-  return init
-
-
 class OneHiddenLayer(nn.Module):
   """x -> a(x W + b) v + c, with `width` hidden units.
 
-  The hidden biases are drawn from U(-1, 1) instead of zeros, so that the
-  units' breakpoints (where x W + b = 0) are spread over the input domain
-  rather than all passing through the origin.
+  Each hidden unit's breakpoint (the hyperplane x W + b = 0) is placed through
+  a point drawn uniformly from [-1, 1]^d, so that every unit starts active
+  somewhere in the domain; zero biases would put all of them through the
+  origin.
   """
   width: int
   activation: str = 'relu'
 
   @nn.compact
   def __call__(self, x_BxD: jax.Array) -> jax.Array:
-    h = nn.Dense(self.width, kernel_init=nn.initializers.normal(1.0),
-                 bias_init=_symmetric_uniform(1.0))(x_BxD)
-    return nn.Dense(1)(ACTIVATIONS[self.activation](h))[:, 0]
+    d = x_BxD.shape[-1]
+    w_DxH = self.param('kernel', nn.initializers.normal(1.0), (d, self.width))
+
+    def through_random_points(key):
+      points_DxH = jax.random.uniform(key, (d, self.width), minval=-1.0, maxval=1.0)
+      return -jnp.sum(points_DxH * w_DxH, axis=0)
+
+    b_H = self.param('bias', through_random_points)
+    h_BxH = ACTIVATIONS[self.activation](x_BxD @ w_DxH + b_H)
+    return nn.Dense(1, name='readout')(h_BxH)[:, 0]
 
 
 class WidthBank(nn.Module):

@@ -75,7 +75,7 @@ def gradient_step(state: train_state.TrainState, loss_fn: Callable,
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params, *args)
   state = state.apply_gradients(grads=grads)
-  return state, {'loss': loss, 'grad_norm': optax.global_norm(grads), **metrics}
+  return state, {'loss': loss, 'grad_norm': optax.tree.norm(grads), **metrics}
 
 
 def classification_sums(logits: jax.Array, labels: jax.Array,

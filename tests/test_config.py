@@ -1,0 +1,95 @@
+"""Config files, variants, `--config.*` overrides and the shared checks."""
+
+import ml_collections
+import pytest
+
+from frontiers_jax import config as config_lib
+from frontiers_jax.errors import UsageError
+from conftest import CONFIGS, load
+
+
+@pytest.mark.parametrize('spec', [
+    'approximation.py', 'approximation.py:abs', 'approximation.py:ripple',
+    'approximation.py:tiny', 'generalization.py', 'generalization.py:mnist',
+    'generalization.py:digits_cnn', 'generalization.py:mnist_cnn',
+    'generalization.py:tiny'])
+def test_every_variant_loads_locked_and_valid(spec):
+  config = load(spec)
+  config_lib.validate_common(config, num_devices=8)
+  with pytest.raises(AttributeError):
+    config.no_such_key = 1  # Locked: new keys are refused.
+
+
+def test_variants_differ_where_named():
+  assert load('generalization.py:mnist').data.name == 'mnist'
+  assert load('generalization.py:mnist_cnn').model.name == 'cnn'
+  assert load('approximation.py:ripple').target == 'ripple'
+
+
+def test_unknown_variant_names_the_choices():
+  with pytest.raises(UsageError, match=r"unknown variant 'nope'.*digits"):
+    load('generalization.py:nope')
+
+
+def test_missing_config_file():
+  with pytest.raises(UsageError, match='does not exist'):
+    config_lib.load_config(f'{CONFIGS}/nope.py')
+
+
+def test_split_override_args():
+  rest, overrides = config_lib.split_override_args(
+      ['prog', '--workdir=d', '--config.a.b=1', '--config.c', '2', '--x'])
+  assert rest == ['prog', '--workdir=d', '--x']
+  assert overrides == [('a.b', '1'), ('c', '2')]
+
+
+def _config():
+  c = ml_collections.ConfigDict({'n': 1, 'lr': 0.1, 'flag': False, 'name': 'a',
+                                 'widths': (1, 2), 'sub': {'k': 3}})
+  c.lock()
+  return c
+
+
+@pytest.mark.parametrize('key, text, expected', [
+    ('n', '7', 7), ('lr', '1e-4', 1e-4), ('lr', '3', 3.0), ('flag', 'true', True),
+    ('flag', '0', False), ('name', 'b', 'b'), ('widths', '4,8,16', (4, 8, 16)),
+    ('widths', '(32,)', (32,)), ('widths', '64', (64,)), ('sub.k', '9', 9)])
+def test_override_parses_to_the_keys_type(key, text, expected):
+  c = _config()
+  config_lib.apply_overrides(c, [(key, text)])
+  value = c.sub.k if key == 'sub.k' else c[key]
+  assert value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize('key, text, message', [
+    ('nope', '1', r'config\.nope: unknown key; known keys here: flag, lr, n'),
+    ('sub.nope', '1', r'config\.sub\.nope: unknown key; known keys here: k'),
+    ('n', 'abc', r"config\.n: 'abc' is not an int"),
+    ('n', '1.5', r"config\.n: '1.5' is not an int"),
+    ('lr', 'fast', r"config\.lr: 'fast' is not a float"),
+    ('flag', 'maybe', r"config\.flag: 'maybe' is not a bool"),
+    ('sub', '1', r'config\.sub: is a group of keys'),
+])
+def test_bad_override_is_one_clear_error(key, text, message):
+  with pytest.raises(UsageError, match=message):
+    config_lib.apply_overrides(_config(), [(key, text)])
+
+
+@pytest.mark.parametrize('override, where', [
+    (('num_steps', '0'), 'config.num_steps'),
+    (('num_steps', '-5'), 'config.num_steps'),
+    (('batch_size', '0'), 'config.batch_size'),
+    (('batch_size', '12'), 'config.batch_size'),  # not divisible by 8
+    (('optim.learning_rate', '0'), 'config.optim.learning_rate'),
+    (('optim.learning_rate', '-0.001'), 'config.optim.learning_rate'),
+    (('optim.name', 'lion'), 'config.optim.name'),
+    (('optim.schedule', 'step'), 'config.optim.schedule'),
+    (('eval_every', '-1'), 'config.eval_every'),
+])
+def test_validate_common_rejects(override, where):
+  config = load('generalization.py:tiny')
+  config_lib.apply_overrides(config, [override])
+  with pytest.raises(UsageError) as e:
+    config_lib.validate_common(config, num_devices=8)
+  assert e.value.where == where
+  assert override[1] in e.value.problem

@@ -1,0 +1,52 @@
+"""The shared classifiers: shapes, parameter counts, finite outputs, pooling."""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from frontiers_jax import models
+
+
+def _config(name):
+  return ml_collections.ConfigDict({'name': name, 'hidden': (64, 32),
+                                    'features': (8, 16), 'dense': 32})
+
+
+@pytest.mark.parametrize('name, hw, expected_params', [
+    # mlp: 784*64+64 + 64*32+32 + 32*10+10
+    ('mlp', 28, 784 * 64 + 64 + 64 * 32 + 32 + 32 * 10 + 10),
+    # cnn: conv 3*3*1*8+8, conv 3*3*8*16+16, dense (7*7*16)*32+32, out 32*10+10
+    ('cnn', 28, 80 + 1168 + 784 * 32 + 32 + 330),
+    ('cnn', 8, 80 + 1168 + 64 * 32 + 32 + 330),
+])
+def test_classifier_shapes_and_parameter_counts(name, hw, expected_params):
+  model = models.create_classifier(_config(name), num_classes=10)
+  x = jax.random.uniform(jax.random.key(0), (5, hw, hw, 1))
+  params = model.init(jax.random.key(1), x)['params']
+  assert models.count_params(params) == expected_params
+  logits = model.apply({'params': params}, x)
+  chex.assert_shape(logits, (5, 10))
+  chex.assert_tree_all_finite(logits)
+
+
+class PoolTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_max_pool_2x2_equals_flax_max_pool(self):
+    x = jax.random.normal(jax.random.key(0), (2, 7, 6, 3))  # odd height cropped
+    got = self.variant(models.max_pool_2x2)(x)
+    want = nn.max_pool(x, (2, 2), strides=(2, 2))
+    chex.assert_shape(got, (2, 3, 3, 3))
+    np.testing.assert_array_equal(got, want)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_max_pool_gradient_goes_to_the_maximum(self):
+    x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+    grad = self.variant(jax.grad(lambda v: models.max_pool_2x2(v).sum()))(x)
+    want = np.zeros((4, 4))
+    want[1, 1] = want[1, 3] = want[3, 1] = want[3, 3] = 1
+    np.testing.assert_array_equal(grad[0, ..., 0], want)
