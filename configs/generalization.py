@@ -24,6 +24,9 @@ def get_config(arg=None):
   c.model.hidden = (512, 512)  # mlp
   c.model.features = (32, 64)  # cnn
   c.model.dense = 256          # cnn
+  # Decaying the learning rate lets the last steps settle on a perfect fit of
+  # the (random) labels instead of hovering around 98 %.
+  c.optim.schedule = 'cosine'
 
   name = variant(arg, ('digits', 'digits_cnn', 'mnist', 'mnist_cnn', 'tiny'),
                  default='digits')

@@ -54,7 +54,7 @@ def render(title: str, sections: Sequence[Section], intro: str = '') -> str:
     parts.append(f'<p>{html.escape(intro)}</p>')
   for section in sections:
     parts.append(f'<h2>{html.escape(section.title)}</h2>')
-    parts += [f'<p>{html.escape(p)}</p>' for p in section.paragraphs]
+    parts += [f'<p>{html.escape(p)}</p>' for p in section.paragraphs if p]
     if section.table:
       header, *rows = section.table
       parts.append('<table><tr>' + ''.join(f'<th>{_cell(h)}</th>' for h in header) + '</tr>')

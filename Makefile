@@ -1,0 +1,29 @@
+# The two commands: `make demo` and `make test`. Both create .venv when it is
+# missing and (re)install when requirements.txt or setup.cfg changed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-slow clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -e .
+	touch $(STAMP)
+
+demo: install
+	$(PY) launch/demo.py --workdir=runs/demo
+
+test: install
+	$(PY) -m pytest
+
+# Long experiments (minutes): the acceptance runs on real data.
+test-slow: install
+	$(PY) -m pytest -m slow
+
+clean:
+	rm -rf runs .pytest_cache
