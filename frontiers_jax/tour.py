@@ -55,10 +55,10 @@ def approximation_section(load: ConfigLoader, workdir: str, quick: bool) -> repo
           f'{config.num_steps} Adam steps on {config.num_train} random points; the '
           'table gives the test mean squared error on a dense grid.',
           _width_finding(runs, config.widths),
-          'The curves are not monotone: a narrow network can fit well (|x| is '
-          'exactly two ReLUs) and training, not capacity, limits the widest ones '
-          'near 1e-6. The theorem promises that a good network exists; gradient '
-          'descent has to find it.'],
+          'The curves need not be monotone: |x| is exactly two ReLUs, so a narrow '
+          'network can already fit it, and for the widest networks the finite '
+          'training budget, not capacity, sets the floor. The theorem promises '
+          'that a good network exists; gradient descent has to find it.'],
       table=table, figures=figures + fits)
 
 
