@@ -212,8 +212,8 @@ def validate_common(config: ml_collections.ConfigDict, num_devices: int) -> None
   check_choice(config, 'optim.name', OPTIMIZERS)
   check_choice(config, 'optim.schedule', SCHEDULES)
   lr = config.optim.learning_rate
-  check(lr > 0, 'config.optim.learning_rate', f'{lr} is not allowed',
-        'give a learning rate > 0')
+  check(0 < lr < float('inf'), 'config.optim.learning_rate', f'{lr} is not allowed',
+        'give a finite learning rate > 0')
   check(config.optim.warmup_steps >= 0, 'config.optim.warmup_steps',
         f'{config.optim.warmup_steps} is not allowed', 'give 0 or more')
   for key in ('weight_decay', 'clip_norm'):

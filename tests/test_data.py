@@ -123,7 +123,7 @@ def test_resolve_data_dir(monkeypatch):
 def test_unknown_name():
   for fn in (data.load, data.check_available):
     error = usage_error(fn, 'imagenet')
-    assert error.where == 'data.name'
+    assert error.where == 'config.data.name'
     assert "'imagenet'" in error.problem
     assert all(name in error.allowed for name in data.DATASETS)
 
@@ -143,7 +143,7 @@ def test_missing_files(tmp_path, monkeypatch, name):
   tfds_dir = str(tmp_path / 'tfds')
 
   error = usage_error(data.load, name, str(tmp_path))
-  assert error.where == 'data.dir'
+  assert error.where == 'config.data.dir'
   assert f'{name} not found' in error.problem
   assert str(tmp_path / _FIRST_FILE[name]) in error.problem
   assert f'no prepared TFDS copy in {tfds_dir}' in error.problem

@@ -97,7 +97,7 @@ def check_available(name: str, data_dir: str | None = None) -> None:
 
 def _check_name(name: str) -> None:
   if name not in DATASETS:
-    raise UsageError('data.name', f'unknown data set {name!r}',
+    raise UsageError('config.data.name', f'unknown data set {name!r}',
                      f'use one of {", ".join(DATASETS)}')
 
 
@@ -153,7 +153,7 @@ def _locate(name: str, data_dir: str | None) -> tuple[str, str]:
     return 'tfds', tfds_dir
   how = _HOW_TO_GET[name].format(dir=data_dir or '<data_dir>')
   raise UsageError(
-      'data.dir',
+      'config.data.dir',
       f'{name} not found ({looked}; no prepared TFDS copy in {tfds_dir})',
       f'{how}, set --config.data.dir or FRONTIERS_DATA_DIR, or on a connected '
       f'machine run `tfds build {name} --file_format=array_record` and copy '

@@ -70,9 +70,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
   mesh = sharding.make_mesh(config.num_devices)
   config_lib.validate_common(config, mesh.size)
   workload.validate()
-  check_workdir(workdir)
   data = workload.load_data()
   pipeline.TrainBatches(data['train'], config.batch_size, config.seed)  # checks size
+  check_workdir(workdir)  # Last: it creates the directory.
   return Run(config, workdir, workload, mesh, data)
 
 
@@ -164,11 +164,13 @@ def run_training(run: Run) -> dict:
               workload.name, step, config.num_steps, record,
               speeds['perf/examples_per_s'], (config.num_steps - step) * interval))
         last_log_time, last_log_step, eval_time = now, step, 0.0
-      if step % config.checkpoint_every == 0 or last or preempted():
+      stop = preempted()  # Read once: a signal between two reads loses a save.
+      if step % config.checkpoint_every == 0 or last or stop:
         if pending_steps:
-          _mean_or_stop(pending, pending_steps, step)  # Never save a NaN state.
+          _mean_or_stop(pending, pending_steps, step)
+        _check_finite_state(state, step)  # Never save a NaN state.
         ckpt.save(step, _checkpoint_item(state, pending, pending_steps))
-      if preempted() and not last:
+      if stop and not last:
         ckpt.wait()
         raise Preempted(f'SIGTERM at step {step}: checkpoint written to '
                         f'{ckpt.directory}')
@@ -240,6 +242,20 @@ def _mean_or_stop(pending, pending_steps: int, step: int) -> dict[str, float]:
                      f'{pending_steps} steps); the last checkpoint before it '
                      'is kept. Lower the learning rate or clip gradients')
   return means
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+                            if jnp.issubdtype(x.dtype, jnp.inexact)]))
+
+
+def _check_finite_state(state, step: int) -> None:
+  """The metrics come from the parameters *before* an update; this checks after."""
+  if not bool(_all_finite((state.params, state.opt_state))):
+    raise Diverged(f'step {step}: the parameters are not finite after the update; '
+                   'the last checkpoint before it is kept. Lower the learning rate '
+                   'or clip gradients')
 
 
 def _checkpoint_item(state, pending, pending_steps: int) -> dict:
