@@ -5,6 +5,7 @@ argv before absl parses the rest, so that a bad key or value is reported as
 the project's one-line error (exit status 2), not as absl's.
 """
 
+import os
 import sys
 from typing import Callable
 
@@ -58,7 +59,6 @@ def train(argv: list[str]) -> int:
 
 def demo(argv: list[str]) -> int:
   del argv
-  import os
   from frontiers_jax import tour  # jax is imported after parsing.
   configs_dir = os.path.join(os.path.dirname(os.path.dirname(
       os.path.abspath(__file__))), 'configs')

@@ -6,6 +6,7 @@ config file in `configs/`, trained with the shared loop; rerunning the tour
 resumes finished and half-finished runs from their checkpoints.
 """
 
+import copy
 import os
 from typing import Callable
 
@@ -84,7 +85,14 @@ def generalization_section(load: ConfigLoader, workdir: str, quick: bool) -> rep
   runs = sweep.run_sweep(config, os.path.join(workdir, 'mlp'), 'randomization', kinds)
   cnn_runs = sweep.run_sweep(cnn_config, os.path.join(workdir, 'cnn'), 'randomization',
                              cnn_kinds)
-  figures = sweep.sweep_figures('generalization', runs, os.path.join(workdir, 'figures'))
+  partial = copy.deepcopy(config)
+  partial.randomization = 'partial'
+  levels = (0.0, 1.0) if quick else (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+  noise_runs = sweep.run_sweep(partial, os.path.join(workdir, 'corruption'), 'corruption',
+                               levels)
+  figures = (sweep.sweep_figures('generalization', runs, os.path.join(workdir, 'figures'))
+             + sweep.sweep_figures('generalization', noise_runs,
+                                   os.path.join(workdir, 'corruption', 'figures')))
   table = [['model', 'randomization', 'train accuracy', 'test accuracy',
             'steps to 99 % train']]
   for model, model_runs in (('mlp', runs), ('cnn', cnn_runs)):
@@ -104,7 +112,9 @@ def generalization_section(load: ConfigLoader, workdir: str, quick: bool) -> rep
           f'Here: an MLP with hidden widths {tuple(config.model.hidden)} on '
           f'scikit-learn\'s digits ({config.num_steps} steps of batch '
           f'{config.batch_size}); partial label corruption at '
-          f'{config.corruption:.0%}; a small CNN on three of the same settings. '
+          f'{config.corruption:.0%}; a small CNN on three of the same settings; '
+          'and the MLP again with the fraction of corrupted labels swept from 0 '
+          'to 1 (last figure). '
           '"Train accuracy" is measured on the whole training set as it was '
           'trained (randomized); test labels are real.',
           f'Measured here: every run fits its training set to at least '

@@ -75,8 +75,7 @@ class Checkpoints:
         suffix += 1
         target = os.path.join(self.directory, f'corrupt_{step}.{suffix}')
       os.rename(source, target)
-    self._manager.close()
-    self._manager = self._open()
+    self._manager.reload()
 
   def close(self) -> None:
     self._manager.wait_until_finished()

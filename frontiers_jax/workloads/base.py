@@ -69,8 +69,9 @@ def gradient_step(state: train_state.TrainState, loss_fn: Callable,
                   *args) -> tuple[train_state.TrainState, Metrics]:
   """One optimizer step on `loss_fn(params, *args) -> (loss, metrics)`.
 
-  Adds `train/loss` and the global gradient norm `train/grad_norm` (a NaN or
-  Inf in any gradient shows up there and stops the run).
+  Returns the metrics with `loss` and the global gradient norm `grad_norm` added
+  (the loop logs them as `train/loss`, `train/grad_norm`; a NaN or Inf in any
+  gradient shows up there and stops the run).
   """
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params, *args)
