@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from frontiers_jax.data import pipeline
 from frontiers_jax.errors import UsageError
@@ -46,3 +47,38 @@ def test_eval_batches_cover_each_example_once(n, batch):
   real = np.concatenate([b['y'][b['mask'] == 1] for b in got])
   np.testing.assert_array_equal(real, np.arange(n))
   assert sum(b['mask'].sum() for b in got) == n
+
+
+# -- Properties, for any sizes -------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 300), per_process=st.integers(1, 16),
+       processes=st.sampled_from([1, 2, 4]), seed=st.integers(0, 2**31 - 1),
+       step=st.integers(0, 10_000))
+def test_shards_partition_the_global_batch_and_epochs_never_repeat(
+    n, per_process, processes, seed, step):
+  batch = per_process * processes
+  if batch > n:
+    return
+  arrays = {'y': np.arange(n)}
+  whole = pipeline.TrainBatches(arrays, batch, seed)
+  shards = [pipeline.TrainBatches(arrays, batch, seed, i, processes)(step)['y']
+            for i in range(processes)]
+  np.testing.assert_array_equal(np.concatenate(shards), whole.indices(step))
+  epoch = step // whole.steps_per_epoch
+  first = epoch * whole.steps_per_epoch
+  seen = np.concatenate([whole.indices(s) for s in range(first, first + whole.steps_per_epoch)])
+  assert len(np.unique(seen)) == len(seen) == whole.steps_per_epoch * batch
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 200), per_process=st.integers(1, 16),
+       processes=st.sampled_from([1, 2, 4]))
+def test_eval_shards_count_every_example_once(n, per_process, processes):
+  arrays = {'y': np.arange(n)}
+  counts = np.zeros(n)
+  for i in range(processes):
+    for b in pipeline.eval_batches(arrays, per_process * processes, i, processes):
+      np.add.at(counts, b['y'][b['mask'] == 1], 1)
+  np.testing.assert_array_equal(counts, 1)
