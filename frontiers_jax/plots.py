@@ -76,11 +76,11 @@ def corruption_curve(levels: Sequence[float], steps: Sequence[float | None],
   fig, (ax_steps, ax_test) = plt.subplots(1, 2, figsize=(10, 3.6))
   ax_steps.plot(levels, [np.nan if s is None else s for s in steps], 'o-')
   ax_steps.set(xlabel='fraction of labels corrupted', ylabel='steps to 99 % train accuracy',
-               title='Fitting noise takes longer')
+               title='Time to fit the training set')
   ax_test.plot(levels, test_accuracy, 'o-', color='C1')
   ax_test.axhline(0.1, color='grey', linestyle=':', label='chance')
   ax_test.set(xlabel='fraction of labels corrupted', ylabel='test accuracy',
-              ylim=(0, 1), title='...and generalizes less')
+              ylim=(0, 1), title='Generalization')
   ax_test.legend()
   return _save(fig, path)
 

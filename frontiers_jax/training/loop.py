@@ -10,7 +10,10 @@ It knows no workload. In order:
 
 Keys are derived, never carried: step s uses `fold_in(train_key, s)`, and batch
 s is a pure function of (seed, s), so a resumed run repeats an uninterrupted
-one bit for bit. SIGTERM saves a checkpoint and exits (status 143).
+one bit for bit. One key per step serves every device: under `jax.jit` the
+random bits of a sharded array are generated for the global array and split
+like it, so they do not depend on the device or process count. SIGTERM saves a
+checkpoint and exits (status 143).
 """
 
 import dataclasses
