@@ -39,8 +39,9 @@ class BankTest(chex.TestCase):
     grads = self.variant(jax.grad(bank_loss))(params)
     for w in widths:
       member = approx.OneHiddenLayer(w)
-      own = jax.grad(lambda p: ((member.apply({'params': p}, x) - y) ** 2).mean())(
-          params[f'width_{w}'])
+      def own_loss(p, member=member):
+        return ((member.apply({'params': p}, x) - y) ** 2).mean()
+      own = jax.grad(own_loss)(params[f'width_{w}'])
       chex.assert_trees_all_close(grads[f'width_{w}'], own, rtol=1e-6, atol=1e-7)
 
   def test_bank_output_shape_and_parameter_count(self):

@@ -52,7 +52,8 @@ class Checkpoints:
         item = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
       except Exception as e:  # Orbax raises many types for damaged files.
         warnings.warn(f'checkpoint {step} in {self.directory} is unreadable '
-                      f'({type(e).__name__}: {str(e)[:200]}); trying an older one')
+                      f'({type(e).__name__}: {str(e)[:200]}); trying an older one',
+                      stacklevel=2)
         failed.append(step)
         continue
       self._set_aside(failed)

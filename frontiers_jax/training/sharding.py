@@ -37,13 +37,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def local_slice(global_size: int) -> slice:
-  """The rows of a global batch that this process loads."""
-  per_process = global_size // jax.process_count()
-  start = jax.process_index() * per_process
-  return slice(start, start + per_process)
-
-
 def shard_batch(mesh: Mesh, local_batch):
   """Assembles this process's rows into global arrays split over `data`."""
   sharding = batch_sharding(mesh)

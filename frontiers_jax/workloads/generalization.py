@@ -23,7 +23,6 @@ training set: how well the network *fits* what it was given.
 """
 
 import numpy as np
-import jax
 import jax.numpy as jnp
 import optax
 
