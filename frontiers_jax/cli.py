@@ -57,6 +57,24 @@ def train(argv: list[str]) -> int:
   return 0
 
 
+def sweep(argv: list[str]) -> int:
+  del argv
+  from frontiers_jax import sweep as sweep_lib  # jax is imported after parsing.
+  spec = FLAGS.sweep or ''
+  key, _, values = spec.partition('=')
+  values = [v for v in values.split(',') if v]
+  if not key or not values:
+    raise UsageError('sweep', f'{spec!r} names no key and values',
+                     'pass --sweep=KEY=V1,V2,... e.g. --sweep=randomization=none,random_labels')
+  config = load_config_from_flags()
+  workdir = FLAGS.workdir
+  if not workdir:
+    raise UsageError('workdir', 'not given', 'pass --workdir=DIR')
+  path = sweep_lib.run_and_report(config, workdir, key, values)
+  print(f'report: {os.path.abspath(path)}')
+  return 0
+
+
 def demo(argv: list[str]) -> int:
   del argv
   from frontiers_jax import tour  # jax is imported after parsing.

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import ml_collections
 
 from frontiers_jax import config as config_lib
+from frontiers_jax import report
 from frontiers_jax.training import logs
 from frontiers_jax.training import loop
 from frontiers_jax.workloads import approximation, generalization
@@ -58,4 +59,23 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, key: str,
 def sweep_figures(workload: str, runs: dict[str, dict], fig_dir: str) -> list[str]:
   os.makedirs(fig_dir, exist_ok=True)
   return SWEEP_FIGURES[workload](runs, fig_dir)
+
+
+def run_and_report(config: ml_collections.ConfigDict, workdir: str, key: str,
+                   values: Sequence[str]) -> str:
+  """`run_sweep`, its figures, and `workdir/report.html` with a table of the
+  final metrics of every run."""
+  runs = run_sweep(config, workdir, key, values)
+  figures = sweep_figures(config.workload, runs, os.path.join(workdir, 'figures'))
+  metrics = sorted({k for run in runs.values() for k in run['summary']['final']
+                    if k.startswith('eval')})
+  table = [[key] + metrics] + [
+      [value] + [run['summary']['final'].get(m) for m in metrics]
+      for value, run in runs.items()]
+  section = report.Section(
+      title=f'{config.workload}: {key} in {", ".join(map(str, values))}',
+      paragraphs=[f'One run per value, in {workdir}/{key}=<value>/.'],
+      table=table, figures=figures)
+  return report.write(os.path.join(workdir, 'report.html'),
+                      f'frontiers_jax sweep: {config.workload}', [section])
 

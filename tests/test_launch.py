@@ -189,7 +189,7 @@ BAD_INPUT = {
         're-copy the original file'),
     'unwritable_workdir': (  # Root may write anywhere, but not under a file.
         [GENERALIZATION, '--workdir={file}/workdir'],
-        'workdir: {file}/workdir is not writable (Not a directory)',
+        'workdir: {file}/workdir is not writable ({file} is a file)',
         'choose a directory you can write to'),
     'unknown_approximation_target': (
         [APPROXIMATION, WORKDIR, '--config.target=cosine'],

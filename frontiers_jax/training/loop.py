@@ -68,30 +68,33 @@ class Run:
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
-  """Checks all user input; raises `UsageError` before anything is written."""
+  """Checks all user input and loads the data; writes nothing.
+
+  Raises `UsageError` on bad input: nothing is compiled or written before.
+  """
   workload = workloads.create(config)
   mesh = sharding.make_mesh(config.num_devices)
   config_lib.validate_common(config, mesh.size)
   workload.validate()
   data = workload.load_data()
   pipeline.TrainBatches(data['train'], config.batch_size, config.seed)  # checks size
-  check_workdir(workdir)  # Last: it creates the directory.
+  check_workdir(workdir)
   return Run(config, workdir, workload, mesh, data)
 
 
 def check_workdir(workdir: str) -> None:
-  """Creates `workdir` if needed and proves it writable; deletes nothing."""
+  """Proves `workdir` can be created and written, without creating it."""
   if not workdir:
     raise UsageError('workdir', 'not given', 'pass --workdir=DIR')
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write_probe_{os.getpid()}')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as e:
-    raise UsageError('workdir', f'{workdir} is not writable ({e.strerror})',
-                     'choose a directory you can write to') from None
+  path = os.path.abspath(workdir)
+  while not os.path.exists(path):  # The nearest existing ancestor decides.
+    path = os.path.dirname(path)
+  if not os.path.isdir(path):
+    raise UsageError('workdir', f'{workdir} is not writable ({path} is a file)',
+                     'choose a directory you can write to')
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise UsageError('workdir', f'{workdir} is not writable (no write permission '
+                     f'on {path})', 'choose a directory you can write to')
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -103,6 +106,7 @@ def run_training(run: Run) -> dict:
   config, workload, mesh, workdir = run.config, run.workload, run.mesh, run.workdir
   start_time = time.time()
   lead = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
   if lead:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config_lib.to_json(config))
