@@ -8,9 +8,7 @@ Variants: digits (default), digits_cnn, mnist, mnist_cnn, tiny (tests).
 random_pixels, gaussian; `corruption` is the label-noise fraction of partial.
 """
 
-import ml_collections
-
-from frontiers_jax.config import base_config, variant
+from frontiers_jax.config import base_config, classifier_config, variant
 
 
 def get_config(arg=None):
@@ -19,11 +17,7 @@ def get_config(arg=None):
   c.randomization = 'none'
   c.corruption = 0.5
   c.data.train_size = 0  # 0: the whole training split
-  c.model = ml_collections.ConfigDict()
-  c.model.name = 'mlp'
-  c.model.hidden = (512, 512)  # mlp
-  c.model.features = (32, 64)  # cnn
-  c.model.dense = 256          # cnn
+  c.model = classifier_config('mlp')
   # Decaying the learning rate lets the last steps settle on a perfect fit of
   # the (random) labels instead of hovering around 98 %.
   c.optim.schedule = 'cosine'

@@ -51,6 +51,18 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def classifier_config(name: str = 'mlp') -> ml_collections.ConfigDict:
+  """Keys of `frontiers_jax.models.create_classifier`, for every model kind."""
+  m = ml_collections.ConfigDict()
+  m.name = name              # mlp, cnn or resnet
+  m.hidden = (512, 512)      # mlp
+  m.features = (32, 64)      # cnn
+  m.dense = 256              # cnn
+  m.stage_sizes = (2, 2, 2)  # resnet
+  m.width = 32               # resnet
+  return m
+
+
 def variant(arg: str | None, names: Sequence[str], default: str) -> str:
   """Checks the variant named in `file.py:name` (`default` when none is)."""
   name = arg or default

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-MODELS = ('mlp', 'cnn')
+MODELS = ('mlp', 'cnn', 'resnet')
 
 
 class MLP(nn.Module):
@@ -53,10 +53,54 @@ class SmallCNN(nn.Module):
     return nn.Dense(self.num_outputs)(x)
 
 
+class ResidualBlock(nn.Module):
+  """Pre-activation basic block (He et al. 2016b) with GroupNorm.
+
+  GroupNorm instead of BatchNorm keeps the model a pure function of its
+  parameters: no batch statistics to carry, and per-example outputs do not
+  depend on the rest of the batch (which matters inside attacks).
+  """
+  features: int
+  stride: int = 1
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+    groups = min(8, self.features)
+    h = nn.relu(nn.GroupNorm(num_groups=min(8, x_BxHxWxC.shape[-1]))(x_BxHxWxC))
+    shortcut = x_BxHxWxC
+    if self.stride != 1 or x_BxHxWxC.shape[-1] != self.features:
+      shortcut = nn.Conv(self.features, (1, 1), strides=self.stride, use_bias=False)(h)
+    h = nn.Conv(self.features, (3, 3), strides=self.stride, padding='SAME',
+                use_bias=False)(h)
+    h = nn.relu(nn.GroupNorm(num_groups=groups)(h))
+    h = nn.Conv(self.features, (3, 3), padding='SAME', use_bias=False)(h)
+    return shortcut + h
+
+
+class ResNet(nn.Module):
+  """A small ResNet for 32x32 images: a stem, three stages, global average pool."""
+  stage_sizes: Sequence[int] = (2, 2, 2)
+  width: int = 32
+  num_outputs: int = 10
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+    x = nn.Conv(self.width, (3, 3), padding='SAME', use_bias=False)(x_BxHxWxC)
+    for stage, blocks in enumerate(self.stage_sizes):
+      for block in range(blocks):
+        stride = 2 if stage > 0 and block == 0 else 1
+        x = ResidualBlock(self.width * 2 ** stage, stride)(x)
+    x = nn.relu(nn.GroupNorm(num_groups=min(8, x.shape[-1]))(x))
+    return nn.Dense(self.num_outputs)(x.mean(axis=(1, 2)))
+
+
 def create_classifier(model_config, num_classes: int) -> nn.Module:
   """`model_config.name` in MODELS; the other keys size the network."""
   if model_config.name == 'mlp':
     return MLP(hidden=tuple(model_config.hidden), num_outputs=num_classes)
+  if model_config.name == 'resnet':
+    return ResNet(stage_sizes=tuple(model_config.stage_sizes), width=model_config.width,
+                  num_outputs=num_classes)
   return SmallCNN(features=tuple(model_config.features), dense=model_config.dense,
                   num_outputs=num_classes)
 

@@ -23,19 +23,13 @@ training set: how well the network *fits* what it was given.
 """
 
 import numpy as np
-import jax.numpy as jnp
-import optax
 
 from frontiers_jax import config as config_lib
-from frontiers_jax import data as data_lib
-from frontiers_jax import models
 from frontiers_jax import plots
-from frontiers_jax.errors import check
-from frontiers_jax.workloads.base import Workload, classification_sums, gradient_step
+from frontiers_jax.workloads.classification import NUM_CLASSES, Classification
 
 RANDOMIZATIONS = ('none', 'partial', 'random_labels', 'shuffled_pixels',
                   'random_pixels', 'gaussian')
-NUM_CLASSES = 10
 # Independent numpy streams (with the seed) for each kind of randomness.
 _LABELS, _SHUFFLE, _PIXELS_TRAIN, _PIXELS_TEST, _NOISE_TRAIN, _NOISE_TEST = range(6)
 
@@ -76,59 +70,25 @@ def _permute_pixels(image_NxHxWxC: np.ndarray, perm: np.ndarray) -> np.ndarray:
   return np.take_along_axis(flat, perm[..., None], axis=1).reshape(n, h, w, c)
 
 
-class Generalization(Workload):
+class Generalization(Classification):
   """A classifier trained on (partly) randomized data."""
 
   name = 'generalization'
   extra_eval_splits = ('train',)
 
   def validate(self) -> None:
-    c = self.config
-    config_lib.check_choice(c, 'randomization', RANDOMIZATIONS)
-    config_lib.check_range(c, 'corruption', 0.0, 1.0)
-    config_lib.check_choice(c, 'data.name', data_lib.IMAGE_DATASETS)
-    config_lib.check_choice(c, 'model.name', models.MODELS)
-    check(c.data.train_size >= 0, 'config.data.train_size',
-          f'{c.data.train_size} is not allowed', 'give 0 (all) or more')
-    data_lib.check_available(c.data.name, c.data.dir)
+    config_lib.check_choice(self.config, 'randomization', RANDOMIZATIONS)
+    config_lib.check_range(self.config, 'corruption', 0.0, 1.0)
+    super().validate()
 
   def load_data(self) -> dict:
     c = self.config
-    raw = data_lib.load(c.data.name, c.data.dir)
-    splits = {}
-    for name, split in raw.items():
-      keep = slice(None, c.data.train_size or None) if name == 'train' else slice(None)
-      splits[name] = {'image': split['image'][keep].astype(np.float32) / 255.0,
-                      'label': split['label'][keep]}
+    splits = self.load_images()
     train_images = splits['train']['image']
     moments = (float(train_images.mean()), float(train_images.std()))
     return {name: randomize(split, c.randomization, c.corruption, c.seed,
                             name == 'train', moments)
             for name, split in splits.items()}
-
-  def model(self):
-    return models.create_classifier(self.config.model, NUM_CLASSES)
-
-  def create_state(self, rng, batch):
-    model = self.model()
-    params = model.init(rng, batch['image'][:1])['params']
-    return self.new_state(model.apply, params)
-
-  def train_step(self, state, batch, rng):
-    del rng  # Deterministic model: no dropout.
-
-    def loss_fn(params):
-      logits = state.apply_fn({'params': params}, batch['image'])
-      loss = optax.softmax_cross_entropy_with_integer_labels(
-          logits, batch['label']).mean()
-      accuracy = (jnp.argmax(logits, -1) == batch['label']).mean()
-      return loss, {'accuracy': accuracy}
-
-    return gradient_step(state, loss_fn)
-
-  def eval_step(self, state, batch):
-    logits = state.apply_fn({'params': state.params}, batch['image'])
-    return classification_sums(logits, batch['label'], batch['mask'])
 
   def figures(self, state, data, history, fig_dir):
     title = (f'{self.config.data.name}, {self.config.model.name}, '
