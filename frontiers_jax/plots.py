@@ -85,6 +85,40 @@ def corruption_curve(levels: Sequence[float], steps: Sequence[float | None],
   return _save(fig, path)
 
 
+# -- Adversarial examples ------------------------------------------------------
+
+def adversarial_examples(x, x_adv, probs, probs_adv, title: str, path: str) -> str:
+  """The lecture's figure, one row per image: original (class, confidence) |
+  perturbation (amplified to the full grey range) | adversarial example."""
+  x, x_adv = np.asarray(x), np.asarray(x_adv)
+  probs, probs_adv = np.asarray(probs), np.asarray(probs_adv)
+  fig, axes = plt.subplots(len(x), 3, figsize=(6.6, 2.1 * len(x)), squeeze=False)
+  for row, ax in enumerate(axes):
+    delta = x_adv[row] - x[row]
+    scale = max(float(np.abs(delta).max()), 1e-12)
+    panels = [(x[row], probs[row], 'original'),
+              (0.5 + 0.5 * delta / scale, None, f'perturbation (x{0.5 / scale:.0f})'),
+              (x_adv[row], probs_adv[row], 'adversarial')]
+    for axis, (image, p, name) in zip(ax, panels):
+      axis.imshow(image.squeeze(), cmap='gray', vmin=0, vmax=1)
+      label = name if p is None else f'{name}: {p.argmax()} ({p.max():.0%})'
+      axis.set_title(label, fontsize=9)
+      axis.set_xticks([])
+      axis.set_yticks([])
+  fig.suptitle(title)
+  return _save(fig, path)
+
+
+def robust_curves(history: list[dict], path: str) -> str:
+  """Clean and robust test accuracy against training step."""
+  fig, ax = plt.subplots(figsize=(6, 3.8))
+  ax.plot(*_series(history, 'eval/accuracy'), 'o-', label='clean')
+  ax.plot(*_series(history, 'eval/robust_accuracy'), 'o-', label='under PGD')
+  ax.set(xlabel='step', ylabel='test accuracy', ylim=(0, 1.02))
+  ax.legend()
+  return _save(fig, path)
+
+
 # -- Universal approximation --------------------------------------------------
 
 def _shown_widths(widths: Sequence[int], count: int = 4) -> list[int]:

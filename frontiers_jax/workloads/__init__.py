@@ -4,10 +4,12 @@ import ml_collections
 
 from frontiers_jax.errors import check
 from frontiers_jax.workloads.base import Workload
+from frontiers_jax.workloads import adversarial
 from frontiers_jax.workloads import approximation
 from frontiers_jax.workloads import generalization
 
 WORKLOADS: dict[str, type[Workload]] = {
+    'adversarial': adversarial.Adversarial,
     'approximation': approximation.Approximation,
     'generalization': generalization.Generalization,
 }

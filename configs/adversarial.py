@@ -1,0 +1,85 @@
+"""Adversarial examples and adversarial training.
+
+  python launch/train.py --config=configs/adversarial.py:mnist --workdir=D
+  python launch/train.py --config=configs/adversarial.py:mnist_pgd --workdir=D
+
+Variants: digits (default), mnist (standard training), mnist_pgd (Madry et
+al. 2018: PGD-40 at eps 0.3, step 0.01), mnist_trades, cifar10 (ResNet, eps
+8/255), tiny (tests). `train_method` in standard, pgd, trades.
+"""
+
+import ml_collections
+
+from frontiers_jax.config import base_config, classifier_config, variant
+
+
+def get_config(arg=None):
+  c = base_config()
+  c.workload = 'adversarial'
+  c.train_method = 'standard'
+  c.data.train_size = 0
+  c.model = classifier_config('cnn')
+  c.attack = ml_collections.ConfigDict()
+  c.attack.norm = 'linf'
+  c.attack.loss = 'ce'
+  c.attack.eps = 0.3
+  c.attack.step_size = 0.01
+  c.attack.train_steps = 40  # PGD steps of the inner maximization
+  c.attack.eval_steps = 20   # PGD steps of the periodic robust evaluation
+  c.attack.trades_beta = 6.0
+
+  name = variant(arg, ('digits', 'mnist', 'mnist_pgd', 'mnist_trades', 'cifar10', 'tiny'),
+                 default='digits')
+  if name == 'digits':
+    # 8x8 images with 17 grey levels: eps 0.2 is about 3 levels.
+    c.data.name = 'digits'
+    c.attack.eps = 0.2
+    c.attack.step_size = 0.05  # 2.5 eps / train_steps (Madry et al.'s rule)
+    c.attack.train_steps = 10
+    c.num_steps = 1000
+    c.batch_size = 128
+    c.eval_batch_size = 360
+    c.log_every = 50
+    c.eval_every = 500
+    c.checkpoint_every = 500
+  if name.startswith('mnist'):
+    c.data.name = 'mnist'
+    c.num_steps = 2000
+    c.batch_size = 128
+    c.eval_batch_size = 1000
+    c.log_every = 100
+    c.eval_every = 1000
+    c.checkpoint_every = 1000
+  if name in ('mnist_pgd', 'mnist_trades'):
+    # Madry et al. train for 100k steps of batch 50; this is the CPU-sized start.
+    c.train_method = name.split('_')[1]
+    c.model.features = (32, 64)
+    c.model.dense = 1024
+    c.num_steps = 20000
+    c.optim.learning_rate = 1e-4
+  if name == 'cifar10':
+    c.data.name = 'cifar10'
+    c.model = classifier_config('resnet')
+    c.attack.eps = 8 / 255
+    c.attack.step_size = 2 / 255
+    c.attack.train_steps = 10
+    c.num_steps = 40000
+    c.batch_size = 128
+    c.optim.name = 'momentum'
+    c.optim.learning_rate = 0.1
+    c.optim.schedule = 'cosine'
+  if name == 'tiny':
+    c.data.name = 'digits'
+    c.data.train_size = 256
+    c.model.features = (4, 8)
+    c.model.dense = 16
+    c.attack.eps = 0.1
+    c.attack.train_steps = 3
+    c.attack.eval_steps = 3
+    c.num_steps = 12
+    c.batch_size = 32
+    c.eval_batch_size = 120
+    c.log_every = 3
+    c.eval_every = 6
+    c.checkpoint_every = 4
+  return c

@@ -1,0 +1,131 @@
+"""Adversarial examples and adversarial training (the lecture's failure mode III).
+
+A small, crafted change of the input, x <- x + eps * sign(dJ/dx), flips a
+confident prediction (Goodfellow et al. 2015). The defence is to train on the
+worst case in the eps-ball (Madry et al. 2018):
+
+  min_theta E_(x,y) [ max_{||d|| <= eps} CE(f_theta(x + d), y) ]
+
+`config.train_method` picks the training objective:
+  standard  plain cross-entropy on clean inputs;
+  pgd       cross-entropy on PGD adversarial examples (Madry et al. 2018);
+  trades    CE(f(x), y) + beta * KL(f(x) || f(x')), x' maximizing the KL
+            (Zhang et al. 2019, eq. 5), trading clean for robust accuracy.
+
+Evaluation reports clean accuracy and, on the test split, PGD robust accuracy
+(`eval/robust_accuracy`) with `attack.eval_steps` steps from a fixed key.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from frontiers_jax import attacks
+from frontiers_jax import config as config_lib
+from frontiers_jax import plots
+from frontiers_jax.errors import check
+from frontiers_jax.workloads.base import classification_sums, gradient_step
+from frontiers_jax.workloads.classification import Classification, cross_entropy
+
+METHODS = ('standard', 'pgd', 'trades')
+_EVAL_ATTACK_STREAM = 2  # Eval's fixed key: fold_in(key(seed), 2).
+
+
+def trades_adversary(logits_fn, x, key, eps: float, step_size: float, steps: int):
+  """Zhang et al. 2019, Algorithm 1: L-inf steps maximizing KL(f(x) || f(x')).
+
+  Starts at x + 0.001 * N(0, I) (at x itself the KL gradient is zero).
+  """
+  p_clean = jax.nn.softmax(jax.lax.stop_gradient(logits_fn(x)))
+
+  def kl(x_adv):
+    log_p_adv = jax.nn.log_softmax(logits_fn(x_adv))
+    return jnp.sum(p_clean * (jnp.log(p_clean + 1e-12) - log_p_adv))
+
+  def step(_, x_adv):
+    x_adv = x_adv + step_size * jnp.sign(jax.grad(kl)(x_adv))
+    return jnp.clip(jnp.clip(x_adv, x - eps, x + eps), 0.0, 1.0)
+
+  start = jnp.clip(x + 0.001 * jax.random.normal(key, x.shape), 0.0, 1.0)
+  return jax.lax.stop_gradient(jax.lax.fori_loop(0, steps, step, start))
+
+
+class Adversarial(Classification):
+  """A classifier trained clean, with PGD, or with TRADES; robust accuracy."""
+
+  name = 'adversarial'
+
+  def validate(self) -> None:
+    c, a = self.config, self.config.attack
+    config_lib.check_choice(c, 'train_method', METHODS)
+    config_lib.check_choice(c, 'attack.norm', attacks.NORMS)
+    config_lib.check_choice(c, 'attack.loss', attacks.LOSSES)
+    check(a.eps >= 0, 'config.attack.eps', f'{a.eps} is not allowed', 'give eps >= 0')
+    for key in ('step_size', 'trades_beta'):
+      check(a[key] > 0, f'config.attack.{key}', f'{a[key]} is not allowed', 'give > 0')
+    for key in ('train_steps', 'eval_steps'):
+      check(a[key] > 0, f'config.attack.{key}', f'{a[key]} is not allowed',
+            'give a whole number > 0')
+    check(c.train_method != 'trades' or a.norm == 'linf', 'config.attack.norm',
+          f'{a.norm} is not supported by trades', 'use linf with trades')
+    super().validate()
+
+  def pgd(self, params, apply_fn, images, labels, key, steps: int):
+    """PGD with the config's eps, step size, norm and loss (one restart)."""
+    a = self.config.attack
+    x_adv, _ = attacks.pgd(lambda x: apply_fn({'params': params}, x), images, labels,
+                           key, eps=a.eps, step_size=a.step_size, steps=steps,
+                           norm=a.norm, loss=a.loss)
+    return jax.lax.stop_gradient(x_adv)
+
+  def train_step(self, state, batch, rng):
+    method, a = self.config.train_method, self.config.attack
+    if method == 'standard':
+      return super().train_step(state, batch, rng)
+    # The inner maximization sees the current parameters as constants.
+    frozen = jax.lax.stop_gradient(state.params)
+    x, y = batch['image'], batch['label']
+    if method == 'pgd':
+      x_adv = self.pgd(frozen, state.apply_fn, x, y, rng, a.train_steps)
+
+      def loss_fn(params):
+        return cross_entropy(state.apply_fn({'params': params}, x_adv), y)
+    else:
+      x_adv = trades_adversary(lambda v: state.apply_fn({'params': frozen}, v), x, rng,
+                               a.eps, a.step_size, a.train_steps)
+
+      def loss_fn(params):
+        logits = state.apply_fn({'params': params}, x)
+        logits_adv = state.apply_fn({'params': params}, x_adv)
+        natural, metrics = cross_entropy(logits, y)
+        # KL(f(x) || f(x')) per example, averaged: Zhang et al. 2019, eq. 5.
+        robust = optax.kl_divergence(jax.nn.log_softmax(logits_adv),
+                                     jax.nn.softmax(logits)).mean()
+        return natural + a.trades_beta * robust, {**metrics, 'kl': robust}
+
+    return gradient_step(state, loss_fn)
+
+  def eval_step(self, state, batch):
+    x, y, mask = batch['image'], batch['label'], batch['mask']
+    logits = state.apply_fn({'params': state.params}, x)
+    sums = classification_sums(logits, y, mask)
+    key = jax.random.fold_in(jax.random.key(self.config.seed), _EVAL_ATTACK_STREAM)
+    x_adv = self.pgd(state.params, state.apply_fn, x, y, key, self.config.attack.eval_steps)
+    logits_adv = state.apply_fn({'params': state.params}, x_adv)
+    sums['robust_accuracy'] = jnp.sum((jnp.argmax(logits_adv, -1) == y) * mask)
+    return sums
+
+  def figures(self, state, data, history, fig_dir):
+    test = data['test']
+    x, y = test['image'][:6], test['label'][:6]
+    apply = jax.jit(state.apply_fn)
+    key = jax.random.fold_in(jax.random.key(self.config.seed), _EVAL_ATTACK_STREAM)
+    x_adv = self.pgd(state.params, state.apply_fn, x, y, key, self.config.attack.eval_steps)
+    probs = jax.nn.softmax(apply({'params': state.params}, x))
+    probs_adv = jax.nn.softmax(apply({'params': state.params}, x_adv))
+    a = self.config.attack
+    title = (f'{self.config.train_method} training, PGD-{a.eval_steps} '
+             f'{a.norm} eps={a.eps:g}')
+    return [plots.adversarial_examples(x, x_adv, probs, probs_adv, title,
+                                       f'{fig_dir}/adversarial_examples.png'),
+            plots.robust_curves(history, f'{fig_dir}/robust_accuracy.png')]
