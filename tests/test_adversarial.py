@@ -1,7 +1,5 @@
 """The adversarial workload: training methods, robust evaluation, TRADES' adversary."""
 
-import json
-import os
 
 import jax
 import jax.numpy as jnp
