@@ -57,6 +57,34 @@ def train(argv: list[str]) -> int:
   return 0
 
 
+def evaluate(argv: list[str]) -> int:
+  """Robustness of the newest checkpoint in --workdir, with its saved config."""
+  del argv
+  from frontiers_jax.training import loop  # jax is imported after parsing.
+  if not FLAGS.workdir:
+    raise UsageError('workdir', 'not given', 'pass --workdir=DIR of a trained run')
+  config = config_lib.load_run_config(FLAGS.workdir)
+  config_lib.apply_overrides(config, _overrides)
+  run = loop.prepare(config, FLAGS.workdir)
+  if not hasattr(run.workload, 'evaluate_robustness'):
+    raise UsageError('config.workload', f'{config.workload} has no robustness evaluation',
+                     'evaluate an adversarial run')
+  state = loop.restore_trained(run)
+  results = run.workload.evaluate_robustness(state, run.data, FLAGS.workdir, run.mesh)
+  for norm, result in results.items():
+    print(f'{norm}: clean accuracy {result["clean_accuracy"]:.4f} on '
+          f'{result["num_examples"]} test examples')
+    names = list(result['accuracy']) + ['worst case']
+    print('  eps      ' + ''.join(f'{n:>12}' for n in names))
+    for i, eps in enumerate(result['eps']):
+      row = [result['accuracy'][n][i] for n in result['accuracy']] + [result['worst_case'][i]]
+      print(f'  {eps:<8.4g} ' + ''.join(f'{v:>12.4f}' for v in row))
+    for warning in result['warnings']:
+      print(f'WARNING: possible gradient masking: {warning}', file=sys.stderr)
+  print(f'done: {os.path.join(FLAGS.workdir, "robustness.json")}')
+  return 0
+
+
 def sweep(argv: list[str]) -> int:
   del argv
   from frontiers_jax import sweep as sweep_lib  # jax is imported after parsing.

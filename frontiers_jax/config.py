@@ -96,6 +96,30 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   return config
 
 
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The locked config a run saved in `workdir/config.json`."""
+  path = os.path.join(workdir, 'config.json')
+  check(os.path.isfile(path), 'workdir', f'{path} does not exist',
+        'pass the workdir of a run made by launch/train.py')
+  with open(path) as f:
+    try:
+      values = json.load(f)
+    except json.JSONDecodeError as e:
+      raise UsageError(path, f'is not valid JSON ({e})', 'restore the file') from None
+  config = ml_collections.ConfigDict(_tuples(values))
+  config.lock()
+  return config
+
+
+def _tuples(value):
+  """JSON lists back to the tuples the config files use."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
 def split_override_args(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
   """Separates `--config.a.b=v` arguments from the others.
 
@@ -123,7 +147,7 @@ def apply_overrides(config: ml_collections.ConfigDict,
   for key, text in overrides:
     parent, leaf = _parent_of(config, key)
     kind = parent.get_type(leaf)
-    value = _parse(text, kind, f'config.{key}')
+    value = _parse(text, kind, f'config.{key}', parent[leaf])
     try:
       parent[leaf] = value
     except (TypeError, ValueError) as e:
@@ -149,8 +173,11 @@ def _parent_of(config: ml_collections.ConfigDict, key: str):
     node = node[part]
 
 
-def _parse(text: str, kind: type, where: str) -> Any:
-  """Parses a command-line string as `kind` (the type the key already has)."""
+def _parse(text: str, kind: type, where: str, current: Any = None) -> Any:
+  """Parses a command-line string as `kind` (the type the key already has).
+
+  Tuples of strings (`current` holds strings) take bare words: a,b,c.
+  """
   if kind is bool:
     lowered = text.strip().lower()
     check(lowered in ('true', 'false', '1', '0', 'yes', 'no'), where,
@@ -168,6 +195,9 @@ def _parse(text: str, kind: type, where: str) -> Any:
     except ValueError:
       raise UsageError(where, f'{text!r} is not a float',
                        'give a number like 0.001') from None
+  if kind in (tuple, list) and current and all(isinstance(v, str) for v in current):
+    words = text.strip().strip('()[]').split(',')
+    return kind(w.strip().strip('\'"') for w in words if w.strip())
   if kind in (tuple, list):
     try:
       value = ast.literal_eval(text if text.strip().startswith(('(', '['))

@@ -119,6 +119,19 @@ def robust_curves(history: list[dict], path: str) -> str:
   return _save(fig, path)
 
 
+def robustness_curve(result: dict, title: str, path: str) -> str:
+  """Robust accuracy against eps, one line per attack and the worst case."""
+  fig, ax = plt.subplots(figsize=(6.5, 4))
+  eps = result['eps']
+  for name, values in result['accuracy'].items():
+    ax.plot(eps, values, 'o--', alpha=0.7, label=name)
+  ax.plot(eps, result['worst_case'], 'ko-', linewidth=2, label='worst case')
+  ax.axhline(result['clean_accuracy'], color='grey', linestyle=':', label='clean')
+  ax.set(xlabel='eps', ylabel='robust accuracy', ylim=(0, 1.02), title=title)
+  ax.legend(fontsize=8)
+  return _save(fig, path)
+
+
 # -- Universal approximation --------------------------------------------------
 
 def _shown_widths(widths: Sequence[int], count: int = 4) -> list[int]:

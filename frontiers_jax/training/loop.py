@@ -102,6 +102,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return run_training(prepare(config, workdir))
 
 
+def restore_trained(run: Run):
+  """The train state of the newest good checkpoint in `run.workdir`.
+
+  Raises `UsageError` when the workdir holds no checkpoint.
+  """
+  batches = pipeline.TrainBatches(run.data['train'], run.config.batch_size, run.config.seed)
+  example = sharding.shard_batch(run.mesh, batches(0))
+  replicated = sharding.replicated(run.mesh)
+  state = jax.jit(run.workload.create_state, out_shardings=replicated)(
+      jax.random.key(run.config.seed), example)
+  pending = jax.device_put(zero_metrics(run.workload, state, example), replicated)
+  directory = os.path.join(run.workdir, 'checkpoints')
+  if not os.path.isdir(directory):
+    raise UsageError('workdir', f'no checkpoints in {run.workdir}',
+                     'train first with launch/train.py --workdir=' + run.workdir)
+  ckpt = checkpoints_lib.Checkpoints(directory, run.config.keep_checkpoints)
+  try:
+    restored = ckpt.restore_latest(_checkpoint_item(state, pending, 0))
+  finally:
+    ckpt.close()
+  if restored is None:
+    raise UsageError('workdir', f'no checkpoint in {ckpt.directory}',
+                     'train first with launch/train.py --workdir=' + run.workdir)
+  return restored[1]['state']
+
+
 def run_training(run: Run) -> dict:
   config, workload, mesh, workdir = run.config, run.workload, run.mesh, run.workdir
   start_time = time.time()

@@ -16,6 +16,9 @@ Evaluation reports clean accuracy and, on the test split, PGD robust accuracy
 (`eval/robust_accuracy`) with `attack.eval_steps` steps from a fixed key.
 """
 
+import json
+import os
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -23,12 +26,16 @@ import optax
 from frontiers_jax import attacks
 from frontiers_jax import config as config_lib
 from frontiers_jax import plots
+from frontiers_jax import robustness
 from frontiers_jax.errors import check
 from frontiers_jax.workloads.base import classification_sums, gradient_step
 from frontiers_jax.workloads.classification import Classification, cross_entropy
 
 METHODS = ('standard', 'pgd', 'trades')
+ROBUSTNESS_ATTACKS = ('fgsm', 'pgd', 'pgd-long', 'apgd-ce', 'apgd-dlr', 'square')
+_L2_ATTACKS = ('pgd', 'pgd-long', 'apgd-ce', 'apgd-dlr')  # FGSM and Square are L-inf
 _EVAL_ATTACK_STREAM = 2  # Eval's fixed key: fold_in(key(seed), 2).
+_ROBUSTNESS_STREAM = 3   # launch/evaluate.py's key: fold_in(key(seed), 3).
 
 
 def trades_adversary(logits_fn, x, key, eps: float, step_size: float, steps: int):
@@ -68,6 +75,18 @@ class Adversarial(Classification):
             'give a whole number > 0')
     check(c.train_method != 'trades' or a.norm == 'linf', 'config.attack.norm',
           f'{a.norm} is not supported by trades', 'use linf with trades')
+    r = c.robustness
+    for name in r.attacks:
+      check(name in ROBUSTNESS_ATTACKS, 'config.robustness.attacks',
+            f'unknown attack {name!r}', f'allowed: {", ".join(ROBUSTNESS_ATTACKS)}')
+    for key in ('eps', 'l2_eps'):
+      check(all(e >= 0 for e in r[key]), f'config.robustness.{key}',
+            f'{r[key]} is not allowed', 'give eps values >= 0')
+    for key in ('pgd_steps', 'apgd_steps', 'square_queries'):
+      check(r[key] > 0, f'config.robustness.{key}', f'{r[key]} is not allowed',
+            'give a whole number > 0')
+    check(r.num_examples >= 0, 'config.robustness.num_examples',
+          f'{r.num_examples} is not allowed', 'give 0 (all) or more')
     super().validate()
 
   def pgd(self, params, apply_fn, images, labels, key, steps: int):
@@ -129,3 +148,34 @@ class Adversarial(Classification):
     return [plots.adversarial_examples(x, x_adv, probs, probs_adv, title,
                                        f'{fig_dir}/adversarial_examples.png'),
             plots.robust_curves(history, f'{fig_dir}/robust_accuracy.png')]
+
+  def evaluate_robustness(self, state, data, workdir: str, mesh) -> dict:
+    """Every attack at every eps (L-inf, then L2) on the test split; writes
+    `robustness.json` and `figures/robustness_<norm>.png`; returns the result
+    with the gradient-masking warnings."""
+    r = self.config.robustness
+    test = data['test']
+    if r.num_examples:
+      test = {k: v[:r.num_examples] for k, v in test.items()}
+    key = jax.random.fold_in(jax.random.key(self.config.seed), _ROBUSTNESS_STREAM)
+    results = {}
+    figures = []
+    for index, (norm, eps, allowed) in enumerate(
+        (('linf', r.eps, ROBUSTNESS_ATTACKS), ('l2', r.l2_eps, _L2_ATTACKS))):
+      names = [n for n in r.attacks if n in allowed]
+      if not eps or not names:
+        continue
+      attack_fns = robustness.make_attacks(names, norm, r.pgd_steps, r.apgd_steps,
+                                           r.square_queries)
+      result = robustness.evaluate(state.apply_fn, state.params, test,
+                                   jax.random.fold_in(key, index), eps, attack_fns,
+                                   self.config.eval_batch_size, mesh)
+      result['warnings'] = robustness.masking_checks(result)
+      results[norm] = result
+      os.makedirs(os.path.join(workdir, 'figures'), exist_ok=True)
+      figures.append(plots.robustness_curve(
+          result, f'{self.config.train_method} training, {norm} attacks',
+          os.path.join(workdir, 'figures', f'robustness_{norm}.png')))
+    with open(os.path.join(workdir, 'robustness.json'), 'w') as f:
+      json.dump(results, f, indent=2)
+    return results
