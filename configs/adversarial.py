@@ -36,6 +36,9 @@ def get_config(arg=None):
   c.robustness.apgd_steps = 100
   c.robustness.square_queries = 1000
   c.robustness.num_examples = 0  # 0: the whole test split
+  # EOT vs plain PGD at attack.eps, judged under fresh random transformations.
+  c.robustness.eot_examples = 500  # 0: skip
+  c.robustness.eot_samples = 16
 
   name = variant(arg, ('digits', 'mnist', 'mnist_pgd', 'mnist_trades', 'cifar10', 'tiny'),
                  default='digits')
@@ -94,6 +97,8 @@ def get_config(arg=None):
     c.robustness.pgd_steps = 3
     c.robustness.apgd_steps = 6
     c.robustness.square_queries = 20
+    c.robustness.eot_examples = 16
+    c.robustness.eot_samples = 2
     c.num_steps = 12
     c.batch_size = 32
     c.eval_batch_size = 120

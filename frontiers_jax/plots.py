@@ -119,6 +119,28 @@ def robust_curves(history: list[dict], path: str) -> str:
   return _save(fig, path)
 
 
+def eot_examples(rows: dict[str, np.ndarray], predictions: dict[str, np.ndarray],
+                 label: int, title: str, path: str) -> str:
+  """One image per row, seen under the same random transformations (columns),
+  each titled with the class the model predicts (red: fooled)."""
+  names = list(rows)
+  count = len(rows[names[0]])
+  fig, axes = plt.subplots(len(names), count, figsize=(1.6 * count, 1.9 * len(names)),
+                           squeeze=False)
+  for r, name in enumerate(names):
+    for t in range(count):
+      ax = axes[r][t]
+      ax.imshow(np.asarray(rows[name][t]).squeeze(), cmap='gray', vmin=0, vmax=1)
+      predicted = int(predictions[name][t])
+      ax.set_title(str(predicted), color='red' if predicted != label else 'black',
+                   fontsize=10)
+      ax.set_xticks([])
+      ax.set_yticks([])
+    axes[r][0].set_ylabel(name, fontsize=9)
+  fig.suptitle(title, fontsize=10)
+  return _save(fig, path)
+
+
 def robustness_curve(result: dict, title: str, path: str) -> str:
   """Robust accuracy against eps, one line per attack and the worst case."""
   fig, ax = plt.subplots(figsize=(6.5, 4))

@@ -15,6 +15,7 @@ import ml_collections
 from frontiers_jax import config as config_lib
 from frontiers_jax import report
 from frontiers_jax import sweep
+from frontiers_jax.training import loop
 from frontiers_jax.workloads import approximation as approximation_lib
 from frontiers_jax.workloads import generalization as generalization_lib
 
@@ -151,6 +152,12 @@ def adversarial_section(load: ConfigLoader, workdir: str, quick: bool) -> report
     table.append([method, final['eval/accuracy'], final['eval/robust_accuracy']])
     figures.append(os.path.join(run['workdir'], 'figures', 'adversarial_examples.png'))
   standard, robust = runs['standard']['summary']['final'], runs['pgd']['summary']['final']
+  # EOT on the standard model: adversarial examples that survive transformations.
+  run = loop.prepare(sweep.sweep_configs(config, 'train_method', ['standard'])[0],
+                     runs['standard']['workdir'])
+  eot_result, eot_figure = run.workload.eot_comparison(
+      loop.restore_trained(run), run.data['test'], run.workdir)
+  figures.append(eot_figure)
   return report.Section(
       title='Adversarial examples and adversarial training',
       paragraphs=[
@@ -164,8 +171,18 @@ def adversarial_section(load: ConfigLoader, workdir: str, quick: bool) -> report
           f'clean but {standard["eval/robust_accuracy"]:.1%} under attack; PGD '
           f'training keeps {robust["eval/robust_accuracy"]:.1%} under the same '
           f'attack at {robust["eval/accuracy"]:.1%} clean.',
+          'Robust adversarial examples (Expectation over Transformation, Athalye '
+          'et al. 2018) optimize the expected loss over random rotations, shifts, '
+          'scalings, brightness changes and noise. Measured here on '
+          f'{eot_result["num_examples"]} test digits against the standard model at '
+          f'eps {eot_result["eps"]:g}: under fresh random transformations, EOT '
+          f'examples stay adversarial {eot_result["survival_eot"]:.1%} of the time, '
+          f'plain PGD examples {eot_result["survival_pgd"]:.1%} (clean images are '
+          f'misclassified {eot_result["survival_clean"]:.1%} of the time).',
           'Figures: for each model, test images with their predicted class and '
-          'confidence, the perturbation (amplified), and the adversarial example.'],
+          'confidence, the perturbation (amplified), and the adversarial example; '
+          'then one digit, its PGD and its EOT example under the same six random '
+          'transformations, titled with the predicted class (red: fooled).'],
       table=table, figures=figures)
 
 

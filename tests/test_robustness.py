@@ -44,7 +44,8 @@ def test_evaluate_launcher_on_a_tiny_run(tmp_path):
   subprocess.run(train, cwd=REPO, env=env, check=True, capture_output=True)
   evaluate = [sys.executable, 'launch/evaluate.py', f'--workdir={workdir}',
               '--config.robustness.attacks=fgsm,pgd', '--config.robustness.l2_eps=()',
-              '--config.robustness.num_examples=64']
+              '--config.robustness.num_examples=64',
+              '--config.robustness.eot_examples=0']
   out = subprocess.run(evaluate, cwd=REPO, env=env, capture_output=True, text=True)
   assert out.returncode == 0, out.stderr
   with open(os.path.join(workdir, 'robustness.json')) as f:

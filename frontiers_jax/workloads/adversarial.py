@@ -25,6 +25,7 @@ import optax
 
 from frontiers_jax import attacks
 from frontiers_jax import config as config_lib
+from frontiers_jax import eot
 from frontiers_jax import plots
 from frontiers_jax import robustness
 from frontiers_jax.errors import check
@@ -36,6 +37,7 @@ ROBUSTNESS_ATTACKS = ('fgsm', 'pgd', 'pgd-long', 'apgd-ce', 'apgd-dlr', 'square'
 _L2_ATTACKS = ('pgd', 'pgd-long', 'apgd-ce', 'apgd-dlr')  # FGSM and Square are L-inf
 _EVAL_ATTACK_STREAM = 2  # Eval's fixed key: fold_in(key(seed), 2).
 _ROBUSTNESS_STREAM = 3   # launch/evaluate.py's key: fold_in(key(seed), 3).
+_EOT_STREAM = 4
 
 
 def trades_adversary(logits_fn, x, key, eps: float, step_size: float, steps: int):
@@ -85,8 +87,11 @@ class Adversarial(Classification):
     for key in ('pgd_steps', 'apgd_steps', 'square_queries'):
       check(r[key] > 0, f'config.robustness.{key}', f'{r[key]} is not allowed',
             'give a whole number > 0')
-    check(r.num_examples >= 0, 'config.robustness.num_examples',
-          f'{r.num_examples} is not allowed', 'give 0 (all) or more')
+    for key in ('num_examples', 'eot_examples'):
+      check(r[key] >= 0, f'config.robustness.{key}', f'{r[key]} is not allowed',
+            'give 0 or more')
+    check(r.eot_samples > 0, 'config.robustness.eot_samples',
+          f'{r.eot_samples} is not allowed', 'give a whole number > 0')
     super().validate()
 
   def pgd(self, params, apply_fn, images, labels, key, steps: int):
@@ -176,6 +181,44 @@ class Adversarial(Classification):
       figures.append(plots.robustness_curve(
           result, f'{self.config.train_method} training, {norm} attacks',
           os.path.join(workdir, 'figures', f'robustness_{norm}.png')))
+    if r.eot_examples:
+      eot_result, figure = self.eot_comparison(state, test, workdir)
+      results['eot'] = eot_result
+      figures.append(figure)
     with open(os.path.join(workdir, 'robustness.json'), 'w') as f:
       json.dump(results, f, indent=2)
     return results
+
+  def eot_comparison(self, state, test: dict, workdir: str) -> tuple[dict, str]:
+    """EOT vs plain PGD at the training eps: how often each adversarial
+    example still fools the model under fresh random transformations."""
+    r, a = self.config.robustness, self.config.attack
+    x, y = test['image'][:r.eot_examples], test['label'][:r.eot_examples]
+    key = jax.random.fold_in(jax.random.key(self.config.seed), _EOT_STREAM)
+
+    def logits_fn(v):
+      return state.apply_fn({'params': state.params}, v)
+
+    compare = jax.jit(lambda x, y, k: eot.compare_eot_vs_pgd(
+        logits_fn, x, y, k, a.eps, r.pgd_steps, num_samples=r.eot_samples))
+    result = {k: float(v) for k, v in compare(x, y, key).items()}
+    result.update(eps=a.eps, norm='linf', steps=r.pgd_steps, samples=r.eot_samples,
+                  num_examples=int(len(y)))
+    # The figure: the first test image, both attacks, six fresh transformations.
+    k_pgd, k_eot, k_show = jax.random.split(jax.random.fold_in(key, 1), 3)
+    step = 2.5 * a.eps / r.pgd_steps
+    x_pgd, _ = attacks.pgd(logits_fn, x[:1], y[:1], k_pgd, a.eps, step, r.pgd_steps)
+    x_eot = eot.eot_pgd(logits_fn, x[:1], y[:1], k_eot, a.eps, step, r.pgd_steps,
+                        r.eot_samples)
+    params = eot.sample_transforms(k_show, 1, 6)
+    rows, predictions = {}, {}
+    for name, image in (('clean', x[:1]), ('PGD', x_pgd), ('EOT', x_eot)):
+      seen = jax.vmap(lambda p, im=image: eot.apply_transform(im, p)[0])(params)
+      rows[name] = seen
+      predictions[name] = jnp.argmax(logits_fn(seen), -1)
+    os.makedirs(os.path.join(workdir, 'figures'), exist_ok=True)
+    figure = plots.eot_examples(
+        rows, predictions, int(y[0]),
+        f'true class {int(y[0])}; under random rotation, shift, scale, brightness, '
+        f'noise (eps {a.eps:g})', os.path.join(workdir, 'figures', 'eot.png'))
+    return result, figure
