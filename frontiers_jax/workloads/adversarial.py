@@ -16,6 +16,7 @@ Evaluation reports clean accuracy and, on the test split, PGD robust accuracy
 (`eval/robust_accuracy`) with `attack.eval_steps` steps from a fixed key.
 """
 
+import dataclasses
 import json
 import os
 
@@ -199,18 +200,23 @@ class Adversarial(Classification):
     def logits_fn(v):
       return state.apply_fn({'params': state.params}, v)
 
+    ranges = eot.TransformRange(
+        max_rotation_deg=r.eot_rotation_deg, max_translation=r.eot_translation,
+        scale_range=tuple(r.eot_scale), brightness=r.eot_brightness,
+        noise_std=r.eot_noise_std)
     compare = jax.jit(lambda x, y, k: eot.compare_eot_vs_pgd(
-        logits_fn, x, y, k, a.eps, r.pgd_steps, num_samples=r.eot_samples))
+        logits_fn, x, y, k, a.eps, r.pgd_steps, num_samples=r.eot_samples,
+        ranges=ranges))
     result = {k: float(v) for k, v in compare(x, y, key).items()}
     result.update(eps=a.eps, norm='linf', steps=r.pgd_steps, samples=r.eot_samples,
-                  num_examples=int(len(y)))
+                  num_examples=int(len(y)), ranges=dataclasses.asdict(ranges))
     # The figure: the first test image, both attacks, six fresh transformations.
     k_pgd, k_eot, k_show = jax.random.split(jax.random.fold_in(key, 1), 3)
     step = 2.5 * a.eps / r.pgd_steps
     x_pgd, _ = attacks.pgd(logits_fn, x[:1], y[:1], k_pgd, a.eps, step, r.pgd_steps)
     x_eot = eot.eot_pgd(logits_fn, x[:1], y[:1], k_eot, a.eps, step, r.pgd_steps,
-                        r.eot_samples)
-    params = eot.sample_transforms(k_show, 1, 6)
+                        r.eot_samples, ranges)
+    params = eot.sample_transforms(k_show, 1, 6, ranges)
     rows, predictions = {}, {}
     for name, image in (('clean', x[:1]), ('PGD', x_pgd), ('EOT', x_eot)):
       seen = jax.vmap(lambda p, im=image: eot.apply_transform(im, p)[0])(params)
