@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+import attack_models
 from frontiers_jax import attacks
 
 B, HW, K, HIDDEN = 8, 4, 4, 8
@@ -25,7 +26,7 @@ OBJECTIVES = [('ce', False), ('ce', True), ('cw', False), ('cw', True), ('dlr', 
 PROPERTY = settings(max_examples=25, deadline=None)
 # What `jax_disable_most_optimizations` sets, for these test programs only:
 # compiling, not running, dominates their time on CPU.
-FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
+FAST_COMPILE = attack_models.FAST_COMPILE
 
 
 # -- A tiny 1-hidden-layer MLP over 4x4x1 images, params from a key ------------
@@ -166,20 +167,8 @@ def test_more_steps_or_restarts_never_find_fewer_adversarial_examples(
 # smallest margin in the ball is m(x) - eps ||w||_dual (Holder's inequality):
 # ||w||_1 for L-inf, ||w||_2 for L2.
 
-D = 16
-
-
-@functools.partial(jax.jit, compiler_options=FAST_COMPILE)
-def linear_problem(seed):
-  k_w, k_x = jax.random.split(jax.random.key(seed))
-  w_D = jax.random.normal(k_w, (D,))
-  x_BxD = jax.random.uniform(k_x, (B, D), minval=0.3, maxval=0.7)
-  return w_D, -0.5 * jnp.sum(w_D), x_BxD  # b centers the margins near 0
-
-
-def linear_logits(w_D, b, x_BxD):
-  m_B = x_BxD @ w_D + b
-  return jnp.stack([jnp.zeros_like(m_B), m_B], axis=-1)
+linear_problem = functools.partial(attack_models.linear_problem, batch=B)
+linear_logits = attack_models.linear_logits
 
 
 @functools.partial(jax.jit, static_argnames=('norm', 'loss', 'targeted'),

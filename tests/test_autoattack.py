@@ -18,12 +18,12 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+import attack_models
 from frontiers_jax import attacks, autoattack
 
 B, HW, K, HIDDEN = 32, 6, 4, 16
 PROPERTY = settings(max_examples=15, deadline=None)
-# What `jax_disable_most_optimizations` sets, for these test programs only.
-FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
+FAST_COMPILE = attack_models.FAST_COMPILE
 jit = functools.partial(jax.jit, compiler_options=FAST_COMPILE)
 
 
@@ -266,20 +266,8 @@ def test_apgd_follows_algorithm_1(norm, loss, eps, seed):
 # clipping to [0, 1] never acts and the smallest margin in the L-inf ball is
 # m(x) - eps ||w||_1 (Holder), at the corner x - eps sign(w).
 
-D = 16
-
-
-@jit
-def linear_problem(seed):
-  k_w, k_x = jax.random.split(jax.random.key(seed))
-  w_D = jax.random.normal(k_w, (D,))
-  x_BxD = jax.random.uniform(k_x, (B, D), minval=0.3, maxval=0.7)
-  return w_D, -0.5 * jnp.sum(w_D), x_BxD  # b centers the margins near 0
-
-
-def linear_logits(w_D, b, x_BxD):
-  m_B = x_BxD @ w_D + b
-  return jnp.stack([jnp.zeros_like(m_B), m_B], axis=-1)
+linear_problem = functools.partial(attack_models.linear_problem, batch=B)
+linear_logits = attack_models.linear_logits
 
 
 @jit
