@@ -33,6 +33,23 @@ def test_classifier_shapes_and_parameter_counts(name, hw, expected_params):
   chex.assert_tree_all_finite(logits)
 
 
+def test_resnet_on_cifar_shaped_images():
+  config = ml_collections.ConfigDict({'name': 'resnet', 'stage_sizes': (1, 1), 'width': 8})
+  model = models.create_classifier(config, num_classes=10)
+  x = jax.random.uniform(jax.random.key(0), (3, 32, 32, 3))
+  params = model.init(jax.random.key(1), x)['params']
+  logits = model.apply({'params': params}, x)
+  chex.assert_shape(logits, (3, 10))
+  chex.assert_tree_all_finite(logits)
+  # Per-example outputs: GroupNorm, not BatchNorm, so the batch does not matter.
+  np.testing.assert_allclose(model.apply({'params': params}, x[:1]), logits[:1],
+                             rtol=1e-5, atol=1e-5)
+  # stem 3*3*3*8; stage 1: 2 GN(8) + 2 convs 8->8; stage 2: GN(8), 1x1 8->16,
+  # conv 8->16, GN(16), conv 16->16; final GN(16); dense 16*10+10.
+  want = (216 + (16 + 16 + 576 + 576) + (16 + 128 + 1152 + 32 + 2304) + 32 + 170)
+  assert models.count_params(params) == want
+
+
 class PoolTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
