@@ -10,7 +10,7 @@ al. 2018: PGD-40 at eps 0.3, step 0.01), mnist_trades, cifar10 (ResNet, eps
 
 import ml_collections
 
-from frontiers_jax.config import base_config, classifier_config, variant
+from frontiers_jax.config import base_config, classifier_config, set_tiny_schedule, variant
 
 
 def get_config(arg=None):
@@ -108,10 +108,5 @@ def get_config(arg=None):
     c.robustness.square_queries = 20
     c.robustness.eot_examples = 16
     c.robustness.eot_samples = 2
-    c.num_steps = 12
-    c.batch_size = 32
-    c.eval_batch_size = 120
-    c.log_every = 3
-    c.eval_every = 6
-    c.checkpoint_every = 4
+    set_tiny_schedule(c)
   return c

@@ -6,7 +6,7 @@ Variants name the target: sine (default), abs, bumps (1-D), ripple (2-D), and
 tiny (tests). Every run trains all widths in `widths` at once.
 """
 
-from frontiers_jax.config import base_config, variant
+from frontiers_jax.config import base_config, set_tiny_schedule, variant
 
 
 def get_config(arg=None):
@@ -34,10 +34,5 @@ def get_config(arg=None):
     c.widths = (1, 4, 16)
     c.num_train = 64
     c.grid = 33
-    c.num_steps = 12
-    c.batch_size = 16
-    c.eval_batch_size = 16
-    c.log_every = 3
-    c.eval_every = 6
-    c.checkpoint_every = 4
+    set_tiny_schedule(c, batch_size=16, eval_batch_size=16)
   return c

@@ -8,7 +8,7 @@ Variants: digits (default), digits_cnn, mnist, mnist_cnn, tiny (tests).
 random_pixels, gaussian; `corruption` is the label-noise fraction of partial.
 """
 
-from frontiers_jax.config import base_config, classifier_config, variant
+from frontiers_jax.config import base_config, classifier_config, set_tiny_schedule, variant
 
 
 def get_config(arg=None):
@@ -50,10 +50,5 @@ def get_config(arg=None):
     c.model.hidden = (32,)
     c.model.features = (4, 8)
     c.model.dense = 16
-    c.num_steps = 12
-    c.batch_size = 32
-    c.eval_batch_size = 120
-    c.log_every = 3
-    c.eval_every = 6
-    c.checkpoint_every = 4
+    set_tiny_schedule(c)
   return c

@@ -51,6 +51,18 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def set_tiny_schedule(c: ml_collections.ConfigDict, batch_size: int = 32,
+                      eval_batch_size: int = 120) -> None:
+  """The schedule of every `tiny` variant: 12 steps, a log line every 3, an
+  evaluation every 6, a checkpoint every 4 (so resume paths are exercised)."""
+  c.num_steps = 12
+  c.batch_size = batch_size
+  c.eval_batch_size = eval_batch_size
+  c.log_every = 3
+  c.eval_every = 6
+  c.checkpoint_every = 4
+
+
 def classifier_config(name: str = 'mlp') -> ml_collections.ConfigDict:
   """Keys of `frontiers_jax.models.create_classifier`, for every model kind."""
   m = ml_collections.ConfigDict()
