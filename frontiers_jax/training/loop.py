@@ -102,17 +102,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return run_training(prepare(config, workdir))
 
 
+def _fresh_state(run: Run):
+  """The batch source, a freshly initialized replicated state, the first batch
+  and zeros shaped like the train metrics: the structure a restore fills."""
+  batches = pipeline.TrainBatches(run.data['train'], run.config.batch_size,
+                                  run.config.seed, jax.process_index(),
+                                  jax.process_count())
+  example = sharding.shard_batch(run.mesh, batches(0))
+  init_key = jax.random.fold_in(jax.random.key(run.config.seed), _INIT_STREAM)
+  state = jax.jit(run.workload.create_state,
+                  out_shardings=sharding.replicated(run.mesh))(init_key, example)
+  return batches, state, example, zero_metrics(run.workload, state, example)
+
+
 def restore_trained(run: Run):
   """The train state of the newest good checkpoint in `run.workdir`.
 
   Raises `UsageError` when the workdir holds no checkpoint.
   """
-  batches = pipeline.TrainBatches(run.data['train'], run.config.batch_size, run.config.seed)
-  example = sharding.shard_batch(run.mesh, batches(0))
-  replicated = sharding.replicated(run.mesh)
-  state = jax.jit(run.workload.create_state, out_shardings=replicated)(
-      jax.random.key(run.config.seed), example)
-  pending = jax.device_put(zero_metrics(run.workload, state, example), replicated)
+  _, state, _, metric_zeros = _fresh_state(run)
+  pending = jax.device_put(metric_zeros, sharding.replicated(run.mesh))
   directory = os.path.join(run.workdir, 'checkpoints')
   if not os.path.isdir(directory):
     raise UsageError('workdir', f'no checkpoints in {run.workdir}',
@@ -137,17 +146,10 @@ def run_training(run: Run) -> dict:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config_lib.to_json(config))
 
-  batches = pipeline.TrainBatches(run.data['train'], config.batch_size, config.seed,
-                                  jax.process_index(), jax.process_count())
-  key = jax.random.key(config.seed)
-  train_key = jax.random.fold_in(key, _TRAIN_STREAM)
-  example = sharding.shard_batch(mesh, batches(0))
-
+  batches, state, _, metric_zeros = _fresh_state(run)
   replicated = sharding.replicated(mesh)
-  state = jax.jit(workload.create_state, out_shardings=replicated)(
-      jax.random.fold_in(key, _INIT_STREAM), example)
+  train_key = jax.random.fold_in(jax.random.key(config.seed), _TRAIN_STREAM)
   train_step = make_train_step(workload, train_key, replicated)
-  metric_zeros = zero_metrics(workload, state, example)
   pending = jax.device_put(metric_zeros, replicated)
 
   # Resume: the state, and the train metrics summed since the last log step.
