@@ -33,13 +33,14 @@ def betas_for(name: str, num_steps: int) -> np.ndarray:
 
   linear: 1e-4 to 0.02 over T = 1000 (Ho et al. 2020, section 4), scaled by
     1000 / T so that other T keep the same overall amount of noise (Nichol &
-    Dhariwal 2021, section 3.2).
+    Dhariwal 2021, section 3.2), and clipped to 0.999 like the cosine betas.
   cosine: abar(t) = f(t) / f(0), f(t) = cos^2(((t/T + s) / (1 + s)) pi/2),
     s = 0.008, betas clipped to 0.999 (Nichol & Dhariwal 2021, eq. 17).
   """
   if name == 'linear':
     scale = 1000.0 / num_steps
-    return np.linspace(scale * 1e-4, scale * 0.02, num_steps, dtype=np.float64)
+    betas = np.linspace(scale * 1e-4, scale * 0.02, num_steps, dtype=np.float64)
+    return np.minimum(betas, 0.999)  # T <= 20 would reach beta >= 1 (abar <= 0).
   if name == 'cosine':
     s = 0.008
     t = np.arange(num_steps + 1, dtype=np.float64) / num_steps
