@@ -73,6 +73,8 @@ class Adversarial(Classification):
     check(a.eps >= 0, 'config.attack.eps', f'{a.eps} is not allowed', 'give eps >= 0')
     for key in ('step_size', 'trades_beta'):
       check(a[key] > 0, f'config.attack.{key}', f'{a[key]} is not allowed', 'give > 0')
+    check(a.eps_warmup_steps >= 0, 'config.attack.eps_warmup_steps',
+          f'{a.eps_warmup_steps} is not allowed', 'give 0 (none) or more steps')
     for key in ('train_steps', 'eval_steps'):
       check(a[key] > 0, f'config.attack.{key}', f'{a[key]} is not allowed',
             'give a whole number > 0')
@@ -95,12 +97,13 @@ class Adversarial(Classification):
           f'{r.eot_samples} is not allowed', 'give a whole number > 0')
     super().validate()
 
-  def pgd(self, params, apply_fn, images, labels, key, steps: int):
-    """PGD with the config's eps, step size, norm and loss (one restart)."""
+  def pgd(self, params, apply_fn, images, labels, key, steps: int, scale=1.0):
+    """PGD with the config's eps and step size (both times `scale`), norm and
+    loss (one restart)."""
     a = self.config.attack
     x_adv, _ = attacks.pgd(lambda x: apply_fn({'params': params}, x), images, labels,
-                           key, eps=a.eps, step_size=a.step_size, steps=steps,
-                           norm=a.norm, loss=a.loss)
+                           key, eps=a.eps * scale, step_size=a.step_size * scale,
+                           steps=steps, norm=a.norm, loss=a.loss)
     return jax.lax.stop_gradient(x_adv)
 
   def train_step(self, state, batch, rng):
@@ -110,14 +113,17 @@ class Adversarial(Classification):
     # The inner maximization sees the current parameters as constants.
     frozen = jax.lax.stop_gradient(state.params)
     x, y = batch['image'], batch['label']
+    # eps grows linearly over the first eps_warmup_steps: at the full eps from
+    # step 0, MNIST training can sit at chance for thousands of steps.
+    scale = jnp.minimum(1.0, (state.step + 1) / max(a.eps_warmup_steps, 1))
     if method == 'pgd':
-      x_adv = self.pgd(frozen, state.apply_fn, x, y, rng, a.train_steps)
+      x_adv = self.pgd(frozen, state.apply_fn, x, y, rng, a.train_steps, scale)
 
       def loss_fn(params):
         return cross_entropy(state.apply_fn({'params': params}, x_adv), y)
     else:
       x_adv = trades_adversary(lambda v: state.apply_fn({'params': frozen}, v), x, rng,
-                               a.eps, a.step_size, a.train_steps)
+                               a.eps * scale, a.step_size * scale, a.train_steps)
 
       def loss_fn(params):
         logits = state.apply_fn({'params': params}, x)
