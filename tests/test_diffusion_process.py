@@ -614,14 +614,11 @@ def test_term_bpd_of_the_true_x0(name):
                              atol=1e-7)
 
 
-@pytest.mark.xfail(strict=True, reason='process.normal_kl sums -1.0 + logvar2 - logvar1 left '
-                   'to right: the rounding of -1 + logvar2 is not cancelled by - logvar1')
 def test_normal_kl_of_identical_gaussians_is_exactly_zero():
   """KL(N || N) = 0 exactly when the two log variances are bitwise equal, as
-  for term_bpd's 'small' variance with a perfect x0 prediction. Fails today:
-  over the float32 log variances of both T=1000 schedules' posteriors, 7.5%
-  give up to +-2U = 2.4e-7 nats (3% negative); in float64, 8% up to 4.4e-16.
-  (logvar2 - logvar1) grouped first would make these exactly 0."""
+  for term_bpd's 'small' variance with a perfect x0 prediction. Summed left
+  to right, -1 + logvar2 - logvar1 gave up to +-2.4e-7 nats on 7.5 % of the
+  float32 posterior log variances (3 % negative)."""
   lv = np.concatenate([np.asarray(SCHED32[name].posterior_log_variance)
                        for name in process.SCHEDULES])
   zero = np.zeros_like(lv)
@@ -629,17 +626,12 @@ def test_normal_kl_of_identical_gaussians_is_exactly_zero():
   assert np.all(kl == 0), (np.mean(kl != 0), kl.min(), kl.max())
 
 
-@pytest.mark.xfail(strict=True, reason='process.discretized_gaussian_log_likelihood takes '
-                   'differences of 0.5 (1 + erf) in float32: tail masses < ~1e-7 are lost')
 def test_discretized_likelihood_tails_in_float32():
   """-log p(x_0 | x_1) for bins up to ~6 std from the mean (masses 1e-12 to
-  1e-7), within 0.1 nats of float64. Fails today: with p's std at position 0
-  (7.4e-3, linear T=1000) and mean 0.5/255, bins 121, 122 and 134 (true NLL
-  24.9, 18.2, 21.4 nats) all give the floor 27.6; 133 gives 15.25 for 15.30.
-  Shared with Ho et al.'s float32 code; a tail-accurate CDF (erfc, or
-  jax.scipy.special.log_ndtr on the side away from the mean) would pass.
-  Matters only for pixels predicted > 5 std off, which the bound reports
-  as up to ~9 nats too costly each."""
+  1e-7), within 0.1 nats of float64. With p's std at position 0 (7.4e-3,
+  linear T=1000) and mean 0.5/255, differences of 0.5 (1 + erf) (as in Ho et
+  al.'s float32 code) gave the floor 27.6 nats for bins whose true NLL is
+  24.9, 18.2 and 21.4."""
   log_var = float(SCHED32['linear'].posterior_log_variance[0])
   mean = 0.5 / 255
   want = bin_mass_reference(BIN_CENTRES, mean, math.exp(0.5 * log_var))
