@@ -66,9 +66,14 @@ def evaluate(argv: list[str]) -> int:
   config = config_lib.load_run_config(FLAGS.workdir)
   config_lib.apply_overrides(config, _overrides)
   run = loop.prepare(config, FLAGS.workdir)
+  if hasattr(run.workload, 'evaluate_generation'):
+    state = loop.restore_trained(run)
+    run.workload.evaluate_generation(state, run.data, FLAGS.workdir)
+    print(f'done: {os.path.join(FLAGS.workdir, "generation.json")}')
+    return 0
   if not hasattr(run.workload, 'evaluate_robustness'):
-    raise UsageError('config.workload', f'{config.workload} has no robustness evaluation',
-                     'evaluate an adversarial run')
+    raise UsageError('config.workload', f'{config.workload} has no evaluation',
+                     'evaluate an adversarial or diffusion run')
   state = loop.restore_trained(run)
   results = run.workload.evaluate_robustness(state, run.data, FLAGS.workdir, run.mesh)
   for norm, result in results.items():
@@ -88,6 +93,29 @@ def evaluate(argv: list[str]) -> int:
     for warning in result['warnings']:
       print(f'WARNING: possible gradient masking: {warning}', file=sys.stderr)
   print(f'done: {os.path.join(FLAGS.workdir, "robustness.json")}')
+  return 0
+
+
+def sample(argv: list[str]) -> int:
+  """Samples from the newest checkpoint in --workdir (flags in launch/sample.py)."""
+  del argv
+  from frontiers_jax.training import loop  # jax is imported after parsing.
+  if not FLAGS.workdir:
+    raise UsageError('workdir', 'not given', 'pass --workdir=DIR of a trained run')
+  config = config_lib.load_run_config(FLAGS.workdir)
+  config_lib.apply_overrides(config, _overrides)
+  run = loop.prepare(config, FLAGS.workdir)
+  if not hasattr(run.workload, 'sampling_request'):
+    raise UsageError('config.workload', f'{config.workload} cannot sample',
+                     'sample from a diffusion run')
+  request = run.workload.sampling_request(FLAGS.sampler, FLAGS.steps, FLAGS.num,
+                                          FLAGS.label, FLAGS.prompt, FLAGS.guidance)
+  out = FLAGS.out or os.path.join(
+      FLAGS.workdir, 'samples', f'{request["sampler"]}_{request["steps"]}_seed{FLAGS.seed}'
+      + ('' if request['label'] is None else f'_label{request["label"]}'))
+  state = loop.restore_trained(run)
+  for path in run.workload.sample_to_files(state, run.data, request, FLAGS.seed, out):
+    print(f'wrote {path}')
   return 0
 
 

@@ -202,3 +202,52 @@ def error_vs_width(curves: dict[str, dict[int, float]], path: str) -> str:
   ax.grid(True, which='both', alpha=0.3)
   ax.legend()
   return _save(fig, path)
+
+
+# -- Diffusion -----------------------------------------------------------------
+
+def image_grid(images, title: str, path: str, row_labels: Sequence[str] = (),
+               col_labels: Sequence[str] = ()) -> str:
+  """A grid of images [rows, cols, H, W, C] in [0, 1], optional labels."""
+  images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+  rows, cols = images.shape[:2]
+  size = 1.0 if images.shape[2] > 10 else 0.8
+  fig, axes = plt.subplots(rows, cols, figsize=(cols * size + 0.8, rows * size + 0.6),
+                           squeeze=False)
+  for r in range(rows):
+    for c in range(cols):
+      ax = axes[r, c]
+      image = images[r, c]
+      ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap='gray',
+                vmin=0, vmax=1, interpolation='nearest')
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if r == 0 and c < len(col_labels):
+        ax.set_title(col_labels[c], fontsize=7)
+      if c == 0 and r < len(row_labels):
+        ax.set_ylabel(row_labels[r], fontsize=7)
+  fig.suptitle(title, fontsize=9)
+  return _save(fig, path)
+
+
+def loss_curve(history: list[dict], title: str, path: str) -> str:
+  fig, ax = plt.subplots(figsize=(5.5, 3.5))
+  ax.plot(*_series(history, 'train/loss'), label='train (batch average)')
+  ax.plot(*_series(history, 'eval/loss'), 'o-', label='test (EMA parameters)')
+  ax.set(xlabel='step', ylabel='denoising loss (MSE)', yscale='log', title=title)
+  ax.legend()
+  return _save(fig, path)
+
+
+def fid_vs_steps(results: dict[str, dict[int, float]], floor: float, title: str,
+                 path: str) -> str:
+  """FID against the number of sampler steps, one line per sampler."""
+  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  for name, points in results.items():
+    steps = sorted(points)
+    ax.plot(steps, [points[s] for s in steps], 'o-', label=name)
+  ax.axhline(floor, color='grey', linestyle=':', label='real data (floor)')
+  ax.set(xlabel='sampler steps (network evaluations)', ylabel='FID (project classifier)',
+         xscale='log', title=title)
+  ax.legend()
+  return _save(fig, path)

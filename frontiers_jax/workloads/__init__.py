@@ -6,11 +6,13 @@ from frontiers_jax.errors import check
 from frontiers_jax.workloads.base import Workload
 from frontiers_jax.workloads import adversarial
 from frontiers_jax.workloads import approximation
+from frontiers_jax.workloads import diffusion
 from frontiers_jax.workloads import generalization
 
 WORKLOADS: dict[str, type[Workload]] = {
     'adversarial': adversarial.Adversarial,
     'approximation': approximation.Approximation,
+    'diffusion': diffusion.Diffusion,
     'generalization': generalization.Generalization,
 }
 

@@ -23,6 +23,16 @@ def cross_entropy(logits_BxK, labels_B):
   return loss, {'accuracy': (jnp.argmax(logits_BxK, -1) == labels_B).mean()}
 
 
+def load_images(config) -> dict:
+  """The dataset's splits as float images in [0, 1]; train cut to train_size."""
+  splits = {}
+  for name, split in data_lib.load(config.data.name, config.data.dir).items():
+    keep = slice(None, config.data.train_size or None) if name == 'train' else slice(None)
+    splits[name] = {'image': split['image'][keep].astype(np.float32) / 255.0,
+                    'label': split['label'][keep]}
+  return splits
+
+
 class Classification(Workload):
   """A classifier from `config.model` trained with cross-entropy."""
 
@@ -35,14 +45,7 @@ class Classification(Workload):
     data_lib.check_available(c.data.name, c.data.dir)
 
   def load_images(self) -> dict:
-    """The dataset's splits as float images in [0, 1]; train cut to train_size."""
-    c = self.config
-    splits = {}
-    for name, split in data_lib.load(c.data.name, c.data.dir).items():
-      keep = slice(None, c.data.train_size or None) if name == 'train' else slice(None)
-      splits[name] = {'image': split['image'][keep].astype(np.float32) / 255.0,
-                      'label': split['label'][keep]}
-    return splits
+    return load_images(self.config)
 
   def load_data(self) -> dict:
     return self.load_images()
