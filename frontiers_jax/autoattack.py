@@ -183,7 +183,8 @@ def square(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, key: jax.Array,
   each channel, to x + eps or x - eps at random (clipped), with side
     s = round(sqrt(p * n_features / C)) = round(sqrt(p H W)), clipped to [1, min(H, W)],
   where p = `square_fraction`: p_init, halved after each of SQUARE_HALVINGS
-  scaled by `horizon` / 10,000 (default horizon: `queries`). The new point is kept if it lowers the loss
+  scaled by `horizon` / 10,000 (default horizon: `queries`). The new point is
+  kept if it lowers the loss
   (the margin z_y - max_{j != y} z_j, or -CE). Fooled examples no longer
   change, and a clean mistake is kept as the answer.
 

@@ -194,6 +194,13 @@ BAD_INPUT = {
     'unknown_approximation_target': (
         [APPROXIMATION, WORKDIR, '--config.target=cosine'],
         "config.target: unknown value 'cosine'", 'sine, abs, bumps, ripple'),
+    'unknown_diffusion_objective': (
+        ['--config=configs/diffusion.py:tiny', WORKDIR,
+         '--config.diffusion.objective=score'],
+        "config.diffusion.objective: unknown value 'score'", 'eps, x0, v'),
+    'attention_level_beyond_the_unet': (
+        ['--config=configs/diffusion.py:tiny', WORKDIR, '--config.model.attention_levels=2'],
+        'config.model.attention_levels: (2,) is not allowed', 'give level indices in 0..1'),
     'widths_with_a_zero': (
         [APPROXIMATION, WORKDIR, '--config.widths=1,0,4'],
         'config.widths: (1, 0, 4) is not allowed', 'give positive whole numbers'),

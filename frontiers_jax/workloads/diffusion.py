@@ -283,9 +283,10 @@ class Diffusion(Workload):
     rows = math.ceil(r['num'] / cols)
     grid = np.zeros((rows * cols,) + images.shape[1:], np.float32)
     grid[:len(images)] = images
-    what = ('unconditional' if r['label'] is None else
-            f'class {r["label"]} ({CLASS_NAMES.get(self.config.data.name, [""] * 10)[r["label"]]}), '
-            f'guidance {r["guidance"]:g}')
+    what = 'unconditional'
+    if r['label'] is not None:
+      names = CLASS_NAMES.get(self.config.data.name, [str(k) for k in range(NUM_CLASSES)])
+      what = f'class {r["label"]} ({names[r["label"]]}), guidance {r["guidance"]:g}'
     plots.image_grid(grid.reshape((rows, cols) + images.shape[1:]),
                      f'{what}; {r["sampler"]}, {r["steps"]} steps, seed {seed}', out + '.png')
     return [out + '.png', out + '.npy']
