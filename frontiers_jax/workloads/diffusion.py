@@ -212,7 +212,8 @@ class Diffusion(Workload):
   def image_shape(self, data) -> tuple[int, int, int]:
     return tuple(data['test']['image'].shape[1:])
 
-  @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 8))
+  # guidance is static: at exactly 1 the sampler runs only the conditional model.
+  @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 7, 8))
   def _generate(self, state, key, shape, sampler, steps, labels, guidance, trajectory):
     conditional = labels is not None
     out = samplers.sample(
@@ -234,7 +235,7 @@ class Diffusion(Workload):
                        'sample without --label, or train with diffusion.conditional=True')
     labels = None if labels is None else jnp.asarray(labels, jnp.int32)
     return self._generate(state, key, (num,) + tuple(image_shape), sampler, steps, labels,
-                          jnp.float32(guidance), trajectory)
+                          float(guidance), trajectory)
 
   def generate_many(self, state, key, num: int, image_shape, sampler: str, steps: int,
                     labels=None, guidance: float = 1.0) -> np.ndarray:
