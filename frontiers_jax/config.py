@@ -270,6 +270,10 @@ def validate_common(config: ml_collections.ConfigDict, num_devices: int) -> None
         'give a finite learning rate > 0')
   check(config.optim.warmup_steps >= 0, 'config.optim.warmup_steps',
         f'{config.optim.warmup_steps} is not allowed', 'give 0 or more')
+  check(config.optim.schedule != 'warmup_cosine'
+        or config.optim.warmup_steps < config.num_steps, 'config.optim.warmup_steps',
+        f'{config.optim.warmup_steps} is not below num_steps {config.num_steps}',
+        'give fewer warm-up steps than num_steps')
   for key in ('weight_decay', 'clip_norm'):
     value = config.optim[key]
     check(value >= 0, f'config.optim.{key}', f'{value} is not allowed',

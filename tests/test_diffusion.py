@@ -45,16 +45,22 @@ def test_tiny_run_writes_every_figure(tiny_run):
 
 
 def test_ema_is_the_moving_average_of_the_parameters():
-  """After one step from ema = params_0: ema_1 = d params_0 + (1 - d) params_1."""
+  """ema <- d ema + (1 - d) params_new, with d = min(decay, (1 + n) / (10 + n))
+  at step n: 0.1 at the first step, the configured 0.9 at step 100."""
   config = load('diffusion.py:tiny', **{'diffusion.ema_decay': 0.9})
   workload = diffusion.Diffusion(config)
   images = jax.random.uniform(jax.random.key(0), (8, 8, 8, 1))
   batch = {'image': images, 'label': jnp.arange(8) % 10}
   state = fast_jit(workload.create_state)(jax.random.key(1), batch)
-  new, metrics = fast_jit(workload.train_step)(state, batch, jax.random.key(2))
-  expected = jax.tree.map(lambda p0, p1: 0.9 * p0 + 0.1 * p1, state.params, new.params)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
-               new.ema_params, expected)
+  step = fast_jit(workload.train_step)
+  for n, decay in ((0, 0.1), (100, 0.9)):
+    state = state.replace(step=n)
+    new, metrics = step(state, batch, jax.random.key(2))
+    expected = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params,
+                            new.params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                 new.ema_params, expected)
+    state = new.replace(ema_params=jax.tree.map(lambda p: p + 0.01, new.params))
   assert np.isfinite(float(metrics['loss'])) and float(metrics['grad_norm']) > 0
 
 

@@ -201,6 +201,10 @@ BAD_INPUT = {
     'attention_level_beyond_the_unet': (
         ['--config=configs/diffusion.py:tiny', WORKDIR, '--config.model.attention_levels=2'],
         'config.model.attention_levels: (2,) is not allowed', 'give level indices in 0..1'),
+    'warmup_longer_than_the_run': (
+        ['--config=configs/diffusion.py:tiny', WORKDIR, '--config.optim.warmup_steps=12'],
+        'config.optim.warmup_steps: 12 is not below num_steps 12',
+        'give fewer warm-up steps than num_steps'),
     'widths_with_a_zero': (
         [APPROXIMATION, WORKDIR, '--config.widths=1,0,4'],
         'config.widths: (1, 0, 4) is not allowed', 'give positive whole numbers'),

@@ -189,8 +189,11 @@ class Diffusion(Workload):
                                     batch['label'], rng, train=True)
       return per_example.mean(), {}
 
+    step = state.step  # Before the update: 0 at the first step.
     state, metrics = gradient_step(state, loss_fn)
-    decay = self.config.diffusion.ema_decay
+    # The decay warms up as (1 + n) / (10 + n), so that a short run's average
+    # is not dominated by the initial parameters.
+    decay = jnp.minimum(self.config.diffusion.ema_decay, (1.0 + step) / (10.0 + step))
     ema = optax.incremental_update(state.params, state.ema_params, 1.0 - decay)
     return state.replace(ema_params=ema), metrics
 
