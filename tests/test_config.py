@@ -13,8 +13,9 @@ from conftest import CONFIGS, load
     'approximation.py:tiny', 'generalization.py', 'generalization.py:mnist',
     'generalization.py:digits_cnn', 'generalization.py:mnist_cnn',
     'generalization.py:tiny', 'adversarial.py', 'adversarial.py:mnist',
-    'adversarial.py:mnist_pgd', 'adversarial.py:mnist_trades', 'adversarial.py:cifar10',
-    'adversarial.py:tiny'])
+    'adversarial.py:mnist_pgd', 'adversarial.py:mnist_pgd_cpu', 'adversarial.py:mnist_trades',
+    'adversarial.py:cifar10', 'adversarial.py:tiny', 'diffusion.py', 'diffusion.py:mnist',
+    'diffusion.py:fashion_mnist', 'diffusion.py:mnist_cpu', 'diffusion.py:tiny'])
 def test_every_variant_loads_locked_and_valid(spec):
   config = load(spec)
   config_lib.validate_common(config, num_devices=8)
