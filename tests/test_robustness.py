@@ -35,6 +35,13 @@ def test_each_sign_of_gradient_masking_is_flagged(accuracy, phrase):
   assert any(phrase in w for w in warnings), warnings
 
 
+def test_the_unbounded_check_waits_for_an_unbounded_eps():
+  """A robust model at a bounded eps is no sign of masking; at eps 1 it is."""
+  bounded = _result(pgd=[0.9, 0.8, 0.7])
+  assert not robustness.masking_checks(bounded, unbounded_eps=10.0)
+  assert any('not about 0' in w for w in robustness.masking_checks(bounded, unbounded_eps=0.5))
+
+
 def test_evaluate_launcher_on_a_tiny_run(tmp_path):
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
          'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}

@@ -22,6 +22,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from frontiers_jax import attacks
@@ -182,7 +183,9 @@ class Adversarial(Classification):
       result = robustness.evaluate(state.apply_fn, state.params, test,
                                    jax.random.fold_in(key, index), eps, attack_fns,
                                    self.config.eval_batch_size, mesh)
-      result['warnings'] = robustness.masking_checks(result)
+      # Images live in [0, 1]: eps 1 (L-inf) or sqrt(pixels) (L2) reaches any image.
+      unbounded = 1.0 if norm == 'linf' else float(np.sqrt(np.prod(test['image'].shape[1:])))
+      result['warnings'] = robustness.masking_checks(result, unbounded)
       results[norm] = result
       os.makedirs(os.path.join(workdir, 'figures'), exist_ok=True)
       figures.append(plots.robustness_curve(
