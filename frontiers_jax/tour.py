@@ -190,10 +190,10 @@ def diffusion_section(load: ConfigLoader, workdir: str, quick: bool) -> report.S
   config = load('diffusion.py:tiny' if quick else 'diffusion.py:digits')
   # The tour's evaluation: two fast samplers, fewer samples (quick: one).
   config.eval.fid_samplers = ('dpm_solver:5',) if quick else ('ddim:50', 'dpm_solver:20')
+  config.eval.bpd_examples = 0 if quick else 100
   if not quick:
     config.eval.num_samples = 1000
     config.eval.accuracy_samples = 50
-    config.eval.bpd_examples = 100
   run = loop.prepare(config, workdir)
   summary = loop.run_training(run)
   result = run.workload.evaluate_generation(loop.restore_trained(run), run.data, workdir,

@@ -4,6 +4,9 @@ import base64
 import os
 import re
 
+import jax
+import pytest
+
 from frontiers_jax import report
 from frontiers_jax import tour
 from conftest import CONFIGS
@@ -21,7 +24,16 @@ def test_report_inlines_figures_and_escapes_text(tmp_path):
   assert '<td>0.1235</td>' in text and '<td>—</td>' in text
 
 
-def test_quick_tour_writes_one_self_contained_report(tmp_path):
+@pytest.fixture
+def fast_compile():
+  """The quick tour is many tiny programs, so compiling dominates: skip most of
+  XLA's optimizations for this test only."""
+  jax.config.update('jax_disable_most_optimizations', True)
+  yield
+  jax.config.update('jax_disable_most_optimizations', False)
+
+
+def test_quick_tour_writes_one_self_contained_report(tmp_path, fast_compile):
   path = tour.run_tour(str(tmp_path / 'demo'), CONFIGS, quick=True)
   assert path == str(tmp_path / 'demo' / 'report.html')
   text = open(path).read()
