@@ -215,16 +215,17 @@ class Diffusion(Workload):
   def image_shape(self, data) -> tuple[int, int, int]:
     return tuple(data['test']['image'].shape[1:])
 
-  # guidance is static: at exactly 1 the sampler runs only the conditional model.
-  @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 7, 8))
-  def _generate(self, state, key, shape, sampler, steps, labels, guidance, trajectory):
+  # `plain` (static): guidance exactly 1, so the sampler runs only the
+  # conditional model; any other scale is traced and shares one compile.
+  @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 8, 9))
+  def _generate(self, state, key, shape, sampler, steps, labels, guidance, plain, trajectory):
     conditional = labels is not None
     out = samplers.sample(
         sampler, self.model_fn(state), self.schedule, self.config.diffusion.objective,
         shape, key, num_steps=None if sampler == 'ddpm' else steps,
         labels=labels if conditional else None,
         null_label=self.num_classes if conditional else None,
-        guidance=guidance, trajectory=trajectory,
+        guidance=1.0 if plain else guidance, trajectory=trajectory,
         **({'eta': self.config.sample.eta} if sampler == 'ddim' else {}))
     if trajectory:
       return to_image_space(out[0]), to_image_space(out[1])
@@ -238,7 +239,7 @@ class Diffusion(Workload):
                        'sample without --label, or train with diffusion.conditional=True')
     labels = None if labels is None else jnp.asarray(labels, jnp.int32)
     return self._generate(state, key, (num,) + tuple(image_shape), sampler, steps, labels,
-                          float(guidance), trajectory)
+                          jnp.float32(guidance), float(guidance) == 1.0, trajectory)
 
   def generate_many(self, state, key, num: int, image_shape, sampler: str, steps: int,
                     labels=None, guidance: float = 1.0) -> np.ndarray:
