@@ -57,15 +57,23 @@ def train(argv: list[str]) -> int:
   return 0
 
 
-def evaluate(argv: list[str]) -> int:
-  """Robustness of the newest checkpoint in --workdir, with its saved config."""
-  del argv
+def _prepare_trained_run():
+  """The run in --workdir with its saved config and the --config.* overrides;
+  checked and loaded, nothing compiled."""
   from frontiers_jax.training import loop  # jax is imported after parsing.
   if not FLAGS.workdir:
     raise UsageError('workdir', 'not given', 'pass --workdir=DIR of a trained run')
   config = config_lib.load_run_config(FLAGS.workdir)
   config_lib.apply_overrides(config, _overrides)
-  run = loop.prepare(config, FLAGS.workdir)
+  return loop.prepare(config, FLAGS.workdir)
+
+
+def evaluate(argv: list[str]) -> int:
+  """Robustness of the newest checkpoint in --workdir, with its saved config."""
+  del argv
+  from frontiers_jax.training import loop  # jax is imported after parsing.
+  run = _prepare_trained_run()
+  config = run.config
   if hasattr(run.workload, 'evaluate_generation'):
     state = loop.restore_trained(run)
     run.workload.evaluate_generation(state, run.data, FLAGS.workdir)
@@ -100,11 +108,8 @@ def sample(argv: list[str]) -> int:
   """Samples from the newest checkpoint in --workdir (flags in launch/sample.py)."""
   del argv
   from frontiers_jax.training import loop  # jax is imported after parsing.
-  if not FLAGS.workdir:
-    raise UsageError('workdir', 'not given', 'pass --workdir=DIR of a trained run')
-  config = config_lib.load_run_config(FLAGS.workdir)
-  config_lib.apply_overrides(config, _overrides)
-  run = loop.prepare(config, FLAGS.workdir)
+  run = _prepare_trained_run()
+  config = run.config
   if not hasattr(run.workload, 'sampling_request'):
     raise UsageError('config.workload', f'{config.workload} cannot sample',
                      'sample from a diffusion run')

@@ -37,6 +37,7 @@ from frontiers_jax.diffusion import process
 from frontiers_jax.diffusion import samplers
 from frontiers_jax.diffusion import unet
 from frontiers_jax.errors import UsageError, check
+from frontiers_jax.training.optim import make_optimizer
 from frontiers_jax.workloads.base import Workload, gradient_step
 from frontiers_jax.workloads.classification import NUM_CLASSES, load_images
 
@@ -144,6 +145,7 @@ class Diffusion(Workload):
 
   @property
   def schedule(self) -> process.Schedule:
+    """Built where used: a cached copy made inside a jit trace would hold tracers."""
     d = self.config.diffusion
     return process.make_schedule(d.schedule, d.num_timesteps)
 
@@ -160,9 +162,10 @@ class Diffusion(Workload):
   def create_state(self, rng, batch):
     x = batch['image'][:1]
     labels = batch['label'][:1] if self.num_classes else None
-    params = self.network().init(rng, x, jnp.zeros((1,), jnp.int32), labels)['params']
-    tx = self.new_state(None, params).tx
-    return DiffusionState.create(apply_fn=self.network().apply, params=params, tx=tx,
+    network = self.network()
+    params = network.init(rng, x, jnp.zeros((1,), jnp.int32), labels)['params']
+    tx = make_optimizer(self.config.optim, self.config.num_steps)
+    return DiffusionState.create(apply_fn=network.apply, params=params, tx=tx,
                                  ema_params=params)
 
   def loss_terms(self, params, apply_fn, images, labels, key, train: bool):
