@@ -1,0 +1,1 @@
+"""Language models: tokenizers, the transformer, and what it learns to do."""
