@@ -112,12 +112,10 @@ def sample(argv: list[str]) -> int:
   config = run.config
   if not hasattr(run.workload, 'sampling_request'):
     raise UsageError('config.workload', f'{config.workload} cannot sample',
-                     'sample from a diffusion run')
-  request = run.workload.sampling_request(FLAGS.sampler, FLAGS.steps, FLAGS.num,
-                                          FLAGS.label, FLAGS.prompt, FLAGS.guidance)
-  out = FLAGS.out or os.path.join(
-      FLAGS.workdir, 'samples', f'{request["sampler"]}_{request["steps"]}_seed{FLAGS.seed}'
-      + ('' if request['label'] is None else f'_label{request["label"]}'))
+                     'sample from a diffusion or lm run')
+  request = run.workload.sampling_request(FLAGS)  # checks the flags it uses
+  out = FLAGS.out or os.path.join(FLAGS.workdir, 'samples',
+                                  f'{request["name"]}_seed{FLAGS.seed}')
   state = loop.restore_trained(run)
   for path in run.workload.sample_to_files(state, run.data, request, FLAGS.seed, out):
     print(f'wrote {path}')
@@ -127,13 +125,13 @@ def sample(argv: list[str]) -> int:
 def sweep(argv: list[str]) -> int:
   del argv
   from frontiers_jax import sweep as sweep_lib  # jax is imported after parsing.
-  spec = FLAGS.sweep or ''
+  config = load_config_from_flags()
+  spec = FLAGS.sweep or config.get('sweep', '')  # a config may name its sweep
   key, _, values = spec.partition('=')
   values = [v for v in values.split(',') if v]
   if not key or not values:
     raise UsageError('sweep', f'{spec!r} names no key and values',
                      'pass --sweep=KEY=V1,V2,... e.g. --sweep=randomization=none,random_labels')
-  config = load_config_from_flags()
   workdir = FLAGS.workdir
   if not workdir:
     raise UsageError('workdir', 'not given', 'pass --workdir=DIR')

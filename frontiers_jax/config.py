@@ -42,7 +42,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.schedule = 'constant'
   c.optim.warmup_steps = 0
   c.optim.momentum = 0.9      # sgd with momentum; adam's b1 stays 0.9
-  c.optim.weight_decay = 0.0  # adamw only
+  c.optim.b2 = 0.999          # adam and adamw: decay of the squared-gradient average
+  c.optim.weight_decay = 0.0  # adamw only; matrices only (not biases, norms)
+  c.optim.final_learning_rate = 0.0  # cosine schedules decay to this floor
   c.optim.clip_norm = 0.0     # 0: no global-norm clipping
 
   c.data = ml_collections.ConfigDict()
@@ -278,6 +280,11 @@ def validate_common(config: ml_collections.ConfigDict, num_devices: int) -> None
     value = config.optim[key]
     check(value >= 0, f'config.optim.{key}', f'{value} is not allowed',
           'give 0 (off) or more')
+  check(0 <= config.optim.b2 < 1, 'config.optim.b2', f'{config.optim.b2} is not allowed',
+        'give a number in [0, 1), e.g. 0.999')
+  final = config.optim.final_learning_rate
+  check(0 <= final <= lr, 'config.optim.final_learning_rate', f'{final} is not allowed',
+        f'give 0 to the learning rate {lr}')
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

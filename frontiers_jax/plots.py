@@ -230,11 +230,14 @@ def image_grid(images, title: str, path: str, row_labels: Sequence[str] = (),
   return _save(fig, path)
 
 
-def loss_curve(history: list[dict], title: str, path: str) -> str:
+def loss_curve(history: list[dict], title: str, path: str,
+               ylabel: str = 'denoising loss (MSE)',
+               eval_label: str = 'test (EMA parameters)', yscale: str = 'log') -> str:
+  """Train and eval loss against the step."""
   fig, ax = plt.subplots(figsize=(5.5, 3.5))
   ax.plot(*_series(history, 'train/loss'), label='train (batch average)')
-  ax.plot(*_series(history, 'eval/loss'), 'o-', label='test (EMA parameters)')
-  ax.set(xlabel='step', ylabel='denoising loss (MSE)', yscale='log', title=title)
+  ax.plot(*_series(history, 'eval/loss'), 'o-', label=eval_label)
+  ax.set(xlabel='step', ylabel=ylabel, yscale=yscale, title=title)
   ax.legend()
   return _save(fig, path)
 
@@ -250,4 +253,28 @@ def fid_vs_steps(results: dict[str, dict[int, float]], floor: float, title: str,
   ax.set(xlabel='sampler steps (network evaluations)', ylabel='FID (project classifier)',
          xscale='log', title=title)
   ax.legend()
+  return _save(fig, path)
+
+
+def emergence(points: Sequence[dict], path: str, metric: str = 'eval/exact_match') -> str:
+  """Final accuracy against parameters and against training FLOPs, and the
+  accuracy of each size during training. `points`: one dict per model with
+  'params', 'flops', 'label', 'final' (a number) and 'history'."""
+  fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+  points = sorted(points, key=lambda p: p['params'])
+  for ax, x_key, x_label in ((axes[0], 'params', 'parameters (without position embeddings)'),
+                             (axes[1], 'flops', 'training FLOPs (XLA count)')):
+    ax.plot([p[x_key] for p in points], [p['final'] for p in points], 'o-')
+    for p in points:
+      ax.annotate(p['label'], (p[x_key], p['final']), textcoords='offset points',
+                  xytext=(4, -10), fontsize=7)
+    ax.set(xscale='log', xlabel=x_label, ylabel='exact match, held-out problems',
+           ylim=(-0.03, 1.03))
+    ax.grid(alpha=0.3)
+  for p in points:
+    axes[2].plot(*_series(p['history'], metric), 'o-', markersize=3,
+                 label=f'{p["params"]:,} params')
+  axes[2].set(xlabel='training step', ylabel='exact match', ylim=(-0.03, 1.03))
+  axes[2].legend(fontsize=7)
+  fig.suptitle('emergence: accuracy appears past a model size')
   return _save(fig, path)

@@ -16,6 +16,7 @@ class Section:
   paragraphs: Sequence[str] = ()          # plain text, escaped on output
   figures: Sequence[str] = ()             # PNG paths, inlined
   table: Sequence[Sequence[object]] = ()  # first row: headers
+  preformatted: Sequence[str] = ()        # text shown as written (e.g. samples)
 
 
 _STYLE = """
@@ -27,6 +28,7 @@ table { border-collapse: collapse; margin: 1em 0; }
 td, th { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 .meta { color: #666; font-size: 0.9em; }
+pre { background: #f7f7f7; padding: 0.8em; white-space: pre-wrap; }
 """
 
 
@@ -62,6 +64,7 @@ def render(title: str, sections: Sequence[Section], intro: str = '') -> str:
                 for row in rows]
       parts.append('</table>')
     parts += [_figure(p) for p in section.figures]
+    parts += [f'<pre>{html.escape(text)}</pre>' for text in section.preformatted]
   parts.append('</body></html>')
   return '\n'.join(parts)
 

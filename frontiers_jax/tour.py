@@ -13,11 +13,14 @@ from typing import Callable
 import ml_collections
 
 from frontiers_jax import config as config_lib
+from frontiers_jax import data as data_lib
 from frontiers_jax import report
 from frontiers_jax import sweep
+from frontiers_jax.errors import UsageError
 from frontiers_jax.training import loop
 from frontiers_jax.workloads import approximation as approximation_lib
 from frontiers_jax.workloads import generalization as generalization_lib
+from frontiers_jax.workloads import lm as lm_lib
 
 ConfigLoader = Callable[[str], ml_collections.ConfigDict]
 
@@ -241,6 +244,57 @@ def diffusion_section(load: ConfigLoader, workdir: str, quick: bool) -> report.S
       table=table, figures=figures)
 
 
+def lm_section(load: ConfigLoader, workdir: str, quick: bool) -> report.Section:
+  """The emergence sweep in miniature; Shakespeare samples when its text is here."""
+  config = load('emergence.py:tiny' if quick else 'emergence.py:tour')
+  key, _, values = config.sweep.partition('=')
+  runs = sweep.run_sweep(config, workdir, key, values.split(','))
+  figures = sweep.sweep_figures('lm', runs, os.path.join(workdir, 'figures'))
+  table = [['width', 'parameters', 'held-out exact match', 'validation loss']]
+  for value, run in runs.items():
+    final = run['summary']['final']
+    table.append([value, lm_lib.parameter_count(run['workdir']),
+                  final['eval/exact_match'], final['eval/loss']])
+  d = config.data
+  paragraphs = [
+      'A language model learns by predicting the next token of a text, and '
+      'generates by sampling one token after another. Since no text ships with a '
+      f'package, the tour teaches it arithmetic: {d.num_train:,} {d.digits}-digit '
+      'additions written as text ("12+34=" followed by the sum, written last digit '
+      f'first), one decoder-only Transformer per width ({config.model.num_layers} '
+      f'layers, {config.num_steps} steps each, the same data), scored by exact '
+      f'match on {d.num_test:,} held-out problems never seen in training.',
+      'Emergence (the lecture\'s last slide): below some size the models stay near '
+      'zero; past it, accuracy jumps. configs/emergence.py runs the 3-digit sweep '
+      'of the README.']
+  shakespeare = load('lm.py:shakespeare_char_cpu')
+  preformatted = []
+  if not quick and _available('tiny_shakespeare', shakespeare.data.dir):
+    shakespeare.num_steps = 600
+    shakespeare.eval_every = 600
+    shakespeare.optim.warmup_steps = 50
+    text_dir = os.path.join(os.path.dirname(workdir), 'shakespeare')
+    summary = loop.train_and_evaluate(shakespeare, text_dir)
+    with open(os.path.join(text_dir, 'figures', 'samples.txt')) as f:
+      samples = f.read()
+    paragraphs.append(
+        f'Tiny Shakespeare was found in the data dir, so a character-level model '
+        f'(0.8M parameters) trained on it for {shakespeare.num_steps} steps: validation '
+        f'loss {summary["final"]["eval/loss"]:.3f} nats per character. Its samples:')
+    preformatted.append(samples)
+  return report.Section(title='Language models: next-token prediction and emergence',
+                        paragraphs=paragraphs, table=table, figures=figures,
+                        preformatted=preformatted)
+
+
+def _available(name: str, data_dir: str) -> bool:
+  try:
+    data_lib.check_available(name, data_dir)
+  except UsageError:
+    return False
+  return True
+
+
 def run_tour(workdir: str, configs_dir: str = 'configs', quick: bool = False) -> str:
   """Runs every experiment of the tour; returns the path of report.html."""
   load = config_loader(configs_dir)
@@ -249,6 +303,7 @@ def run_tour(workdir: str, configs_dir: str = 'configs', quick: bool = False) ->
       generalization_section(load, os.path.join(workdir, 'generalization'), quick),
       adversarial_section(load, os.path.join(workdir, 'adversarial'), quick),
       diffusion_section(load, os.path.join(workdir, 'diffusion'), quick),
+      lm_section(load, os.path.join(workdir, 'lm'), quick),
   ]
   return report.write(
       os.path.join(workdir, 'report.html'), 'frontiers_jax: the New Frontiers lecture tour',

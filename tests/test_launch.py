@@ -130,7 +130,7 @@ BAD_INPUT = {
         'config.nonexistent: unknown key', 'known keys here: batch_size,'),
     'unknown_nested_key': (
         [GENERALIZATION, WORKDIR, '--config.optim.nope=1'],
-        'config.optim.nope: unknown key', 'known keys here: clip_norm,'),
+        'config.optim.nope: unknown key', 'known keys here: b2, clip_norm,'),
     'int_not_a_number': (
         [GENERALIZATION, WORKDIR, '--config.batch_size=abc'],
         "config.batch_size: 'abc' is not an int", 'give a whole number'),

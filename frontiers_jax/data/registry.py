@@ -168,7 +168,7 @@ def _read(name: str, source: str, location: str) -> dict[str, Any]:
   if name == 'tiny_shakespeare':
     if source == 'tfds':
       return _read_tfds_text(location)
-    return _split_text(files.read_text(os.path.join(location, 'input.txt')))
+    return split_text(files.read_text(os.path.join(location, 'input.txt')))
   if source == 'tfds':
     return _read_only(_read_tfds_images(name, location))
   if name == 'cifar10':
@@ -212,7 +212,7 @@ def _read_cifar(folder: str) -> dict[str, Any]:
   return splits
 
 
-def _split_text(text: str) -> dict[str, str]:
+def split_text(text: str) -> dict[str, str]:
   """First 90 % of the characters for training, the last 10 % for validation."""
   cut = int(len(text) * TEXT_TRAIN_FRACTION)
   return {'train': text[:cut], 'validation': text[cut:]}

@@ -67,13 +67,18 @@ def read_history(workdir: str) -> list[dict[str, Any]]:
 
 
 def progress_line(name: str, step: int, num_steps: int, metrics: dict[str, float],
-                  examples_per_s: float | None, eta_s: float | None) -> str:
-  """`[name] step 500/5000  train/loss 2.3011  ...  1,234 ex/s  ETA 0:03:12`."""
+                  speeds: dict[str, float], eta_s: float | None) -> str:
+  """`[name] step 500/5000  train/loss 2.3011  ...  1,234 ex/s  ETA 0:03:12`,
+  with `79,000 tok/s  MFU 31.2%` after ex/s when `speeds` has them."""
   width = len(str(num_steps))
   parts = [f'[{name}] step {step:>{width}}/{num_steps}']
   parts += [f'{k} {_short(v)}' for k, v in metrics.items()]
-  if examples_per_s is not None:
-    parts.append(f'{examples_per_s:,.0f} ex/s')
+  if 'perf/examples_per_s' in speeds:
+    parts.append(f'{speeds["perf/examples_per_s"]:,.0f} ex/s')
+  if 'perf/tokens_per_s' in speeds:
+    parts.append(f'{speeds["perf/tokens_per_s"]:,.0f} tok/s')
+  if 'perf/mfu' in speeds:
+    parts.append(f'MFU {speeds["perf/mfu"]:.1%}')
   if eta_s is not None:
     parts.append('ETA ' + str(datetime.timedelta(seconds=round(eta_s))))
   return '  '.join(parts)

@@ -41,6 +41,7 @@ from frontiers_jax.data import pipeline
 from frontiers_jax.errors import UsageError
 from frontiers_jax.training import checkpoints as checkpoints_lib
 from frontiers_jax.training import logs
+from frontiers_jax.training import perf
 from frontiers_jax.training import sharding
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM, after the checkpoint is written.
@@ -77,7 +78,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
   config_lib.validate_common(config, mesh.size)
   workload.validate()
   data = workload.load_data()
-  pipeline.TrainBatches(data['train'], config.batch_size, config.seed)  # checks size
+  workload.train_batches(data, config.batch_size, config.seed)  # checks the size
   check_workdir(workdir)
   return Run(config, workdir, workload, mesh, data)
 
@@ -105,9 +106,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def _fresh_state(run: Run):
   """The batch source, a freshly initialized replicated state, the first batch
   and zeros shaped like the train metrics: the structure a restore fills."""
-  batches = pipeline.TrainBatches(run.data['train'], run.config.batch_size,
-                                  run.config.seed, jax.process_index(),
-                                  jax.process_count())
+  batches = run.workload.train_batches(run.data, run.config.batch_size,
+                                       run.config.seed, jax.process_index(),
+                                       jax.process_count())
   example = sharding.shard_batch(run.mesh, batches(0))
   init_key = jax.random.fold_in(jax.random.key(run.config.seed), _INIT_STREAM)
   state = jax.jit(run.workload.create_state,
@@ -146,11 +147,16 @@ def run_training(run: Run) -> dict:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config_lib.to_json(config))
 
-  batches, state, _, metric_zeros = _fresh_state(run)
+  batches, state, example, metric_zeros = _fresh_state(run)
   replicated = sharding.replicated(mesh)
   train_key = jax.random.fold_in(jax.random.key(config.seed), _TRAIN_STREAM)
   train_step = make_train_step(workload, train_key, replicated)
   pending = jax.device_put(metric_zeros, replicated)
+  speed = _Speed(workload, config.batch_size, mesh.size)
+  if speed.spec is not None:
+    speed.measure(train_step, mesh, state, pending, example)
+  for line in workload.describe(state, speed.flops_per_step):
+    _say(config, f'[{workload.name}] {line}')
 
   # Resume: the state, and the train metrics summed since the last log step.
   ckpt = checkpoints_lib.Checkpoints(os.path.join(workdir, 'checkpoints'),
@@ -191,13 +197,12 @@ def run_training(run: Run) -> dict:
         interval = (now - last_log_time - eval_time) / (step - last_log_step)
         if last_log_step > first_step:  # The first interval includes compiling.
           steady_times.append(interval)
-        speeds = {'perf/steps_per_s': 1 / interval,
-                  'perf/examples_per_s': config.batch_size / interval}
+        speeds = speed.metrics(interval)
         log.write(step, record, speeds)
         if not config.quiet:
           logs.console(logs.progress_line(
               workload.name, step, config.num_steps, record,
-              speeds['perf/examples_per_s'], (config.num_steps - step) * interval))
+              speeds, (config.num_steps - step) * interval))
         last_log_time, last_log_step, eval_time = now, step, 0.0
       stop = preempted()  # Read once: a signal between two reads loses a save.
       if step % config.checkpoint_every == 0 or last or stop:
@@ -220,11 +225,38 @@ def run_training(run: Run) -> dict:
     os.makedirs(fig_dir, exist_ok=True)
     figures = workload.figures(state, run.data, history, fig_dir)
   summary = make_summary(config, history, time.time() - start_time,
-                         first_step, steady_times, figures)
+                         first_step, steady_times, figures, speed)
   if lead:
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
       json.dump(summary, f, indent=2)
   return summary
+
+
+class _Speed:
+  """Examples/s of each log interval, and for workloads with a `PerfSpec`,
+  tokens/s and MFU (`frontiers_jax.training.perf`)."""
+
+  def __init__(self, workload, batch_size: int, num_devices: int):
+    self.spec = workload.perf_spec()
+    self.batch_size, self.num_devices = batch_size, num_devices
+    self.flops_per_step = self.peak_per_device = None
+
+  def measure(self, train_step, mesh, state, pending, batch) -> None:
+    """XLA's FLOPs of one step, and the matmul peak of one device."""
+    self.flops_per_step = perf.step_flops(train_step, state, pending, batch,
+                                          jnp.int32(0))
+    self.peak_per_device = perf.matmul_peak(self.spec.compute_dtype,
+                                            mesh.devices.flat[0])
+
+  def metrics(self, seconds_per_step: float) -> dict[str, float]:
+    out = {'perf/steps_per_s': 1 / seconds_per_step,
+           'perf/examples_per_s': self.batch_size / seconds_per_step}
+    if self.spec is not None:
+      out['perf/tokens_per_s'] = out['perf/examples_per_s'] * self.spec.tokens_per_example
+    if self.flops_per_step and self.peak_per_device:
+      out['perf/mfu'] = perf.mfu(self.flops_per_step, seconds_per_step,
+                                 self.peak_per_device, self.num_devices)
+    return out
 
 
 def make_train_step(workload, train_key: jax.Array, replicated):
@@ -250,7 +282,9 @@ def zero_metrics(workload, state, batch) -> dict[str, np.ndarray]:
 
 def evaluate(workload, eval_step, mesh, state, data, batch_size: int) -> dict:
   """Means of the eval metrics over whole splits: 'test' -> `eval/`, others
-  named in `workload.extra_eval_splits` -> `eval_<split>/`."""
+  named in `workload.extra_eval_splits` -> `eval_<split>/`. A metric `m` is
+  divided by the sum `count_m` when the eval step returns one, else by `count`;
+  then `workload.derived_metrics` adds what follows from the means."""
   results = {}
   for split in ('test',) + tuple(workload.extra_eval_splits):
     if split not in data:
@@ -261,9 +295,11 @@ def evaluate(workload, eval_step, mesh, state, data, batch_size: int) -> dict:
       out = eval_step(state, sharding.shard_batch(mesh, local))
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     sums = jax.device_get(sums)
-    count = float(sums.pop('count'))
+    counts = {k: float(sums.pop(k)) for k in list(sums) if k.startswith('count')}
     prefix = 'eval' if split == 'test' else f'eval_{split}'
-    results.update({f'{prefix}/{k}': float(v) / count for k, v in sums.items()})
+    results.update({f'{prefix}/{k}': float(v) / counts.get(f'count_{k}', counts['count'])
+                    for k, v in sums.items()})
+  results.update(workload.derived_metrics(results))
   return results
 
 
@@ -310,7 +346,7 @@ def _catch_sigterm():
 
 
 def make_summary(config, history, wall_time_s, first_step, steady_times,
-                 figures) -> dict:
+                 figures, speed: _Speed | None = None) -> dict:
   final = {}
   for record in history:
     final.update({k: v for k, v in record.items() if k != 'step'})
@@ -324,6 +360,7 @@ def make_summary(config, history, wall_time_s, first_step, steady_times,
       'resumed_from_step': first_step,
       'steps_per_s': None if step_time is None else 1 / step_time,
       'examples_per_s': None if step_time is None else config.batch_size / step_time,
+      **(_speed_summary(speed, step_time) if speed and speed.spec else {}),
       'versions': {'jax': jax.__version__, 'jaxlib': jaxlib.__version__,
                    'flax': flax.__version__, 'optax': optax.__version__,
                    'orbax-checkpoint': orbax.checkpoint.__version__,
@@ -333,6 +370,14 @@ def make_summary(config, history, wall_time_s, first_step, steady_times,
                   'process_count': jax.process_count()},
       'figures': [os.path.basename(p) for p in figures],
   }
+
+
+def _speed_summary(speed: _Speed, step_time: float | None) -> dict:
+  steady = {} if step_time is None else speed.metrics(step_time)
+  return {'tokens_per_s': steady.get('perf/tokens_per_s'),
+          'mfu': steady.get('perf/mfu'),
+          'flops_per_step': speed.flops_per_step,
+          'peak_flops_per_device': speed.peak_per_device}
 
 
 def _say(config, line: str) -> None:

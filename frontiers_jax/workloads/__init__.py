@@ -8,12 +8,14 @@ from frontiers_jax.workloads import adversarial
 from frontiers_jax.workloads import approximation
 from frontiers_jax.workloads import diffusion
 from frontiers_jax.workloads import generalization
+from frontiers_jax.workloads import lm
 
 WORKLOADS: dict[str, type[Workload]] = {
     'adversarial': adversarial.Adversarial,
     'approximation': approximation.Approximation,
     'diffusion': diffusion.Diffusion,
     'generalization': generalization.Generalization,
+    'lm': lm.LanguageModel,
 }
 
 

@@ -5,16 +5,25 @@ evaluation schedule, checkpoints and progress. A workload owns the math:
 
   validate()                         -> raises UsageError for bad keys
   load_data()                        -> {'train': arrays, 'test': arrays, ...}
+  train_batches(data, batch, seed,
+                process_index, process_count) -> batches(step), a pure function
+                                        of (seed, step) (default: epochs of
+                                        shuffled examples)
   create_state(rng, batch)           -> TrainState (pure; jitted by the loop)
   train_step(state, batch, rng)      -> (state, metrics)  per-step means
   eval_step(state, batch)            -> metric *sums* over real rows, and 'count'
+                                        (or 'count_<metric>' for its own divisor)
+  derived_metrics(means)             -> metrics computed from the eval means
   figures(state, data, history, dir) -> paths of the PNGs it wrote
+  describe(state, flops_per_step)    -> lines printed before the first step
+  perf_spec()                        -> PerfSpec: report tokens/s and MFU
 
 `train_step` and `eval_step` are pure functions of their arguments; the loop
 jits each once. `batch` holds this step's global batch (sharded over devices);
 eval batches carry a `mask` (1 real row, 0 padding).
 """
 
+import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -23,10 +32,18 @@ import ml_collections
 import optax
 from flax.training import train_state
 
+from frontiers_jax.data import pipeline
 from frontiers_jax.training.optim import make_optimizer
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class PerfSpec:
+  """What the loop needs to report tokens/s and model FLOPs utilization."""
+  tokens_per_example: int
+  compute_dtype: Any  # the peak matmul rate is measured in this dtype
 
 
 class Workload:
@@ -45,6 +62,12 @@ class Workload:
   def load_data(self) -> dict[str, dict[str, Any]]:
     raise NotImplementedError
 
+  def train_batches(self, data, global_batch: int, seed: int, process_index: int = 0,
+                    process_count: int = 1) -> Callable[[int], dict]:
+    """`batches(step)`: this process's rows of global batch `step`."""
+    return pipeline.TrainBatches(data['train'], global_batch, seed, process_index,
+                                 process_count)
+
   def create_state(self, rng: jax.Array, batch: Batch) -> train_state.TrainState:
     raise NotImplementedError
 
@@ -54,8 +77,20 @@ class Workload:
   def eval_step(self, state, batch: Batch) -> Metrics:
     raise NotImplementedError
 
+  def derived_metrics(self, means: dict[str, float]) -> dict[str, float]:
+    """Metrics that follow from the eval means (e.g. perplexity = exp(loss))."""
+    return {}
+
   def figures(self, state, data, history: list[dict], fig_dir: str) -> list[str]:
     return []
+
+  def describe(self, state, flops_per_step: float | None) -> list[str]:
+    """Lines about the model printed before training (e.g. its size)."""
+    return []
+
+  def perf_spec(self) -> PerfSpec | None:
+    """None: the progress line shows examples/s only."""
+    return None
 
   # -- Helpers for subclasses ------------------------------------------------
 

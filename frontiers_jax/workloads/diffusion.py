@@ -258,10 +258,11 @@ class Diffusion(Workload):
       out.append(np.asarray(images)[:num - start])
     return np.concatenate(out)
 
-  def sampling_request(self, sampler: str, steps: int, num: int, label: int | None,
-                       prompt: str, guidance: float) -> dict:
+  def sampling_request(self, flags) -> dict:
     """Checks launch/sample.py's flags (before anything compiles)."""
     c = self.config
+    sampler, steps, num, label = flags.sampler, flags.steps, flags.num, flags.label
+    prompt, guidance = flags.prompt, flags.guidance
     steps = steps or (c.diffusion.num_timesteps if sampler == 'ddpm' else c.sample.steps)
     name, steps = parse_sampler(f'{sampler}:{steps}', c.diffusion.num_timesteps)
     check(num > 0, 'num', f'{num} is not allowed', 'give a whole number > 0')
@@ -276,7 +277,8 @@ class Diffusion(Workload):
       check(0 <= label < self.num_classes, 'label', f'{label} is out of range',
             f'allowed: 0 to {self.num_classes - 1}')
     return {'sampler': name, 'steps': steps, 'num': num, 'label': label,
-            'guidance': guidance}
+            'guidance': guidance,
+            'name': f'{name}_{steps}' + ('' if label is None else f'_label{label}')}
 
   def sample_to_files(self, state, data, request: dict, seed: int, out: str) -> list[str]:
     """Writes `out`.png (a grid) and `out`.npy (the images, [N, H, W, C] in [0, 1])."""
