@@ -122,16 +122,23 @@ def sample(argv: list[str]) -> int:
   return 0
 
 
-def sweep(argv: list[str]) -> int:
-  del argv
-  from frontiers_jax import sweep as sweep_lib  # jax is imported after parsing.
-  config = load_config_from_flags()
-  spec = FLAGS.sweep or config.get('sweep', '')  # a config may name its sweep
+def sweep_spec(flag: str | None, config) -> tuple[str, list[str]]:
+  """The key and values of --sweep=KEY=V1,V2,..., else of the config's own
+  `sweep` entry (configs/emergence.py names its model sizes)."""
+  spec = flag or config.get('sweep', '')
   key, _, values = spec.partition('=')
   values = [v for v in values.split(',') if v]
   if not key or not values:
     raise UsageError('sweep', f'{spec!r} names no key and values',
                      'pass --sweep=KEY=V1,V2,... e.g. --sweep=randomization=none,random_labels')
+  return key, values
+
+
+def sweep(argv: list[str]) -> int:
+  del argv
+  from frontiers_jax import sweep as sweep_lib  # jax is imported after parsing.
+  config = load_config_from_flags()
+  key, values = sweep_spec(FLAGS.sweep, config)
   workdir = FLAGS.workdir
   if not workdir:
     raise UsageError('workdir', 'not given', 'pass --workdir=DIR')

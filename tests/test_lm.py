@@ -1,6 +1,5 @@
 """The language-model workload: data, steps, metrics, launchers, sweep."""
 
-import json
 import math
 import os
 import subprocess
@@ -11,10 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from frontiers_jax import cli
 from frontiers_jax import config as config_lib
 from frontiers_jax.data import pipeline
 from frontiers_jax.errors import UsageError
-from frontiers_jax.lm import arithmetic
+from frontiers_jax.lm import arithmetic, model as model_lib
 from frontiers_jax.training import loop, optim, perf
 from frontiers_jax.workloads import lm
 from attack_models import fast_jit
@@ -267,16 +267,20 @@ def test_same_seed_same_text_and_greedy_is_deterministic(text_run, text_file):
   assert all(len(t) == 15 for t in texts(1, 0.8))  # one character per token
 
 
-def test_emergence_sweep_runs_in_one_command_and_plots(tmp_path):
-  workdir = str(tmp_path / 'sweep')
-  done = subprocess.run([sys.executable, 'launch/sweep.py', '--config=configs/emergence.py:tiny',
-                         f'--workdir={workdir}', '--config.quiet=true'],
-                        cwd=REPO, env=ENV, capture_output=True, text=True)
-  assert done.returncode == 0, done.stderr
-  assert os.path.getsize(os.path.join(workdir, 'figures', 'emergence.png')) > 1000
-  for width in (8, 16):
-    with open(os.path.join(workdir, f'model.width={width}', 'summary.json')) as f:
-      assert 0 <= json.load(f)['final']['eval/exact_match'] <= 1
+def test_emergence_config_names_its_sweep_and_the_flag_overrides_it():
+  config = load('emergence.py')
+  key, values = cli.sweep_spec(None, config)
+  assert key == 'model.width' and len(values) >= 5
+  sizes = []
+  for width in values:
+    c = load('emergence.py', **{key: width})
+    sizes.append(model_lib.num_params(model_lib.Transformer(
+        vocab_size=len(arithmetic.ALPHABET), context=c.model.context,
+        num_layers=c.model.num_layers, num_heads=c.model.num_heads, width=c.model.width)))
+  assert sizes == sorted(sizes) and sizes[-1] >= 30 * sizes[0]  # the issue's span
+  assert cli.sweep_spec('seed=1,2', config) == ('seed', ['1', '2'])
+  with pytest.raises(UsageError, match='sweep'):
+    cli.sweep_spec(None, load('lm.py:tiny'))
 
 
 @pytest.mark.parametrize('key, value, message', [

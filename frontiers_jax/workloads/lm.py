@@ -307,12 +307,13 @@ def sweep_figures(runs: dict[str, dict], fig_dir: str) -> list[str]:
   """The emergence curve of a sweep over model sizes: held-out exact match
   (arithmetic) or validation loss (text) against parameters and FLOPs."""
   points = []
-  for value, run in runs.items():
+  for run in runs.values():
     workload = trained_workload(run['workdir'])
     config, summary = workload.config, run['summary']
     flops = summary.get('flops_per_step') or workload.formula_flops_per_step()
     metric = 'eval/exact_match' if config.data.name == 'arithmetic' else 'eval/loss'
-    points.append({'params': model_lib.num_params(workload.model), 'label': value,
+    label = f'{config.model.num_layers}L x {config.model.width}'
+    points.append({'params': model_lib.num_params(workload.model), 'label': label,
                    'flops': flops * config.num_steps, 'final': summary['final'][metric],
                    'history': run['history']})
   return [plots.emergence(points, os.path.join(fig_dir, 'emergence.png'), metric)]
