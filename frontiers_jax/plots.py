@@ -270,6 +270,7 @@ def emergence(points: Sequence[dict], path: str, metric: str = 'eval/exact_match
                   xytext=(4, -10), fontsize=7)
     ax.set(xscale='log', xlabel=x_label, ylabel='exact match, held-out problems',
            ylim=(-0.03, 1.03))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.grid(alpha=0.3)
   for p in points:
     axes[2].plot(*_series(p['history'], metric), 'o-', markersize=3,
