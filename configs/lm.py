@@ -35,6 +35,7 @@ def model_config(num_layers: int, num_heads: int, width: int, context: int,
   m.dropout = dropout
   m.use_bias = False
   m.dtype = 'float32'         # compute dtype; 'bfloat16' keeps float32 parameters
+  m.attention_impl = 'xla'    # training attention: 'xla', or 'cudnn' (flash, GPU, bf16)
   return m
 
 

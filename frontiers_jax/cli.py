@@ -46,14 +46,14 @@ def train(argv: list[str]) -> int:
   from frontiers_jax.training import loop  # jax is imported after parsing.
   config = load_config_from_flags()
   try:
-    loop.train_and_evaluate(config, FLAGS.workdir)
+    summary = loop.train_and_evaluate(config, FLAGS.workdir)
   except loop.Diverged as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   except loop.Preempted as e:
     print(f'preempted: {e}', file=sys.stderr)
     return loop.EXIT_PREEMPTED
-  print(f'done: {FLAGS.workdir}/summary.json')
+  print(f'done in {summary["wall_time_s"]:.1f} s: {FLAGS.workdir}/summary.json')
   return 0
 
 

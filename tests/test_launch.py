@@ -358,7 +358,7 @@ def test_tiny_approximation_run_writes_every_output(tmp_path):
   returncode, stdout, stderr, _ = run_train([APPROXIMATION, f'--workdir={tmp_path}'])
 
   assert returncode == 0, stderr
-  assert f'done: {tmp_path}/summary.json' in stdout
+  assert re.search(rf'done in [0-9.]+ s: {re.escape(str(tmp_path))}/summary.json', stdout)
   config = json.loads((tmp_path / 'config.json').read_text())
   assert (config['workload'], config['num_steps']) == ('approximation', 12)
   records = read_metrics(tmp_path)

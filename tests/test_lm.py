@@ -294,6 +294,7 @@ def test_emergence_config_names_its_sweep_and_the_flag_overrides_it():
     ('data.path', 'some.txt', 'data.path'),
     ('optim.final_learning_rate', '0.5', 'final_learning_rate'),
     ('optim.b2', '1.0', 'b2'),
+    ('model.attention_impl', 'flash', 'attention_impl'),
 ])
 def test_bad_config_is_one_line_error_before_compiling(key, value, message, tmp_path):
   config = load('lm.py:tiny')

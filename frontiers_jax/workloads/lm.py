@@ -64,6 +64,7 @@ class LanguageModel(Workload):
     config_lib.check_choice(c, 'data.tokenizer', TOKENIZERS)
     config_lib.check_choice(c, 'model.positions', POSITIONS)
     config_lib.check_choice(c, 'model.dtype', tuple(DTYPES))
+    config_lib.check_choice(c, 'model.attention_impl', ('xla', 'cudnn'))
     m = c.model
     for key in ('num_layers', 'num_heads', 'width', 'context', 'mlp_ratio'):
       check(m[key] > 0, f'config.model.{key}', f'{m[key]} is not allowed',
@@ -126,7 +127,7 @@ class LanguageModel(Workload):
         vocab_size=self.tokenizer.vocab_size, context=m.context, num_layers=m.num_layers,
         num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, width=m.width,
         mlp_ratio=m.mlp_ratio, positions=m.positions, dropout=m.dropout,
-        use_bias=m.use_bias, dtype=DTYPES[m.dtype])
+        use_bias=m.use_bias, dtype=DTYPES[m.dtype], attention_impl=m.attention_impl)
 
   def create_state(self, rng, batch) -> train_state.TrainState:
     params = self.model.init(rng, batch['tokens'][:1, :-1])['params']
