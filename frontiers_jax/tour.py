@@ -270,8 +270,8 @@ def lm_section(load: ConfigLoader, workdir: str, quick: bool) -> report.Section:
   shakespeare = load('lm.py:shakespeare_char_cpu')
   preformatted = []
   if not quick and _available('tiny_shakespeare', shakespeare.data.dir):
-    shakespeare.num_steps = 600
-    shakespeare.eval_every = 600
+    shakespeare.num_steps = 1000
+    shakespeare.eval_every = 1000
     shakespeare.optim.warmup_steps = 50
     text_dir = os.path.join(os.path.dirname(workdir), 'shakespeare')
     summary = loop.train_and_evaluate(shakespeare, text_dir)
