@@ -1,0 +1,1 @@
+"""PyTorch twins and the JAX-vs-PyTorch benchmark."""
