@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-from absl import app, flags, logging
+from absl import flags, logging
 
 sys.path.insert(0, '.')
 from frontiers_jax import cli  # noqa: E402
