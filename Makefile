@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow clean
+.PHONY: install demo test test-slow bench clean
 
 install: $(STAMP)
 
@@ -28,6 +28,11 @@ test: install
 # Long experiments (minutes): the acceptance runs on real data.
 test-slow: install
 	$(PY) -m pytest -m slow
+
+# JAX against its PyTorch twins, quick (torch is the `bench` extra).
+bench: install
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) launch/bench.py --quick --out=bench.json
 
 clean:
 	rm -rf runs .pytest_cache

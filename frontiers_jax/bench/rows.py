@@ -1,0 +1,147 @@
+"""The benchmark's rows: each builds a JAX step and its two PyTorch twins.
+
+Every builder takes a config (from `configs/`), draws one random batch with
+numpy, initializes the JAX parameters and copies them into the twins, and
+returns a `harness.Row`. The JAX side is the project's own code (the
+workload's `train_step`, `attacks.pgd`); the twins are in this package.
+"""
+
+import copy
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from frontiers_jax import attacks
+from frontiers_jax.bench import torch_attacks, torch_cnn, torch_gpt, torch_optim
+from frontiers_jax.bench.harness import Row
+from frontiers_jax.training import perf
+from frontiers_jax.workloads import classification, lm
+
+_SEED = 0
+
+
+def _jax_runner(step, state, *args):
+  """A runner that advances `state` with the jitted `step(state, *args)`."""
+  box = {'state': state}
+
+  def run():
+    box['state'], _ = step(box['state'], *args)
+    jax.block_until_ready(box['state'])
+  return run
+
+
+def gpt_train(name: str, config) -> Row:
+  """One train step of the language model of `config` on random tokens."""
+  workload = lm.LanguageModel(config)
+  workload.tokenizer = types.SimpleNamespace(vocab_size=65)  # Shakespeare's characters
+  rng = np.random.default_rng(_SEED)
+  tokens = rng.integers(0, 65, (config.batch_size, config.model.context + 1)).astype(np.int32)
+  batch = {'tokens': jnp.asarray(tokens)}
+  key = jax.random.key(_SEED)
+  state = jax.jit(workload.create_state)(key, batch)
+  step = jax.jit(workload.train_step, donate_argnums=0)
+  flops = perf.step_flops(step, state, batch, key)
+  params = jax.device_get(state.params)
+  torch_tokens = torch.from_numpy(tokens.astype(np.int64))
+
+  def torch_runner(compiled: bool):
+    twin = torch_gpt.TorchGPT.from_module(workload.model)
+    torch_gpt.load_flax_params(twin, params)
+    made = torch_optim.make_torch_optimizer(config.optim, twin.named_parameters(),
+                                            config.num_steps)
+    forward = torch.compile(twin) if compiled else twin
+
+    def run():
+      torch_optim.torch_step(twin, *made, torch_gpt.lm_loss(forward, torch_tokens))
+    return run
+
+  return Row(name, {'jax': _jax_runner(step, state, batch, key),
+                    'torch_eager': torch_runner(False),
+                    'torch_compile': torch_runner(True)}, flops)
+
+
+def _cnn(config):
+  workload = classification.Classification(config)
+  rng = np.random.default_rng(_SEED)
+  images = rng.random((config.batch_size, 28, 28, 1), dtype=np.float32)
+  labels = rng.integers(0, 10, config.batch_size).astype(np.int32)
+  batch = {'image': jnp.asarray(images), 'label': jnp.asarray(labels)}
+  state = jax.jit(workload.create_state)(jax.random.key(_SEED), batch)
+  return workload, batch, state, images, labels
+
+
+def _torch_cnn(workload, params):
+  twin = torch_cnn.TorchSmallCNN.from_module(workload.model(), image_shape=(28, 28, 1))
+  return torch_cnn.load_flax_params(twin, params)
+
+
+def cnn_train(name: str, config) -> Row:
+  """One Adam step of the small CNN classifier on a random batch."""
+  workload, batch, state, images, labels = _cnn(config)
+  key = jax.random.key(_SEED)
+  step = jax.jit(workload.train_step, donate_argnums=0)
+  flops = perf.step_flops(step, state, batch, key)
+  params = jax.device_get(state.params)
+  x, y = torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
+
+  def torch_runner(compiled: bool):
+    twin = _torch_cnn(workload, params)
+    made = torch_optim.make_torch_optimizer(config.optim, twin.named_parameters(),
+                                            config.num_steps)
+    forward = torch.compile(twin) if compiled else twin
+
+    def run():
+      torch_optim.torch_step(twin, *made, torch_cnn.classifier_loss(forward, x, y))
+    return run
+
+  return Row(name, {'jax': _jax_runner(step, state, batch, key),
+                    'torch_eager': torch_runner(False),
+                    'torch_compile': torch_runner(True)}, flops)
+
+
+def pgd(name: str, config, steps: int = 10) -> Row:
+  """An L-inf PGD attack (random start, cross-entropy) on the small CNN."""
+  workload, batch, state, images, labels = _cnn(config)
+  eps, step_size = config.attack.eps, 2.5 * config.attack.eps / steps
+  model, params = workload.model(), state.params
+
+  @jax.jit
+  def attack(params, x, y, key):
+    logits_fn = lambda v: model.apply({'params': params}, v)
+    return attacks.pgd(logits_fn, x, y, key, eps, step_size, steps)
+
+  key = jax.random.key(_SEED)
+  flops = perf.step_flops(attack, params, batch['image'], batch['label'], key)
+
+  def run_jax():
+    jax.block_until_ready(attack(params, batch['image'], batch['label'], key))
+
+  x, y = torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
+  noise = torch.empty_like(x).uniform_(-eps, eps, generator=torch.Generator().manual_seed(0))
+
+  def torch_runner(compiled: bool):
+    twin = _torch_cnn(workload, jax.device_get(params))
+    twin.requires_grad_(False)
+    forward = torch.compile(twin) if compiled else twin
+
+    def run():
+      torch_attacks.pgd_linf(forward, x, y, eps, step_size, steps, noise)
+    return run
+
+  return Row(name, {'jax': run_jax, 'torch_eager': torch_runner(False),
+                    'torch_compile': torch_runner(True)}, flops)
+
+
+def with_changes(config, **changes):
+  """A copy of `config` with dotted keys changed."""
+  config = copy.deepcopy(config)
+  for key, value in changes.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config

@@ -1,0 +1,57 @@
+"""`launch/bench.py`: checks the row names, builds the rows, times them, reports."""
+
+import dataclasses
+import json
+import os
+import platform
+
+import jax
+import jaxlib
+import torch
+
+from frontiers_jax import config as config_lib
+from frontiers_jax.bench import harness, rows
+from frontiers_jax.errors import check
+from frontiers_jax.training import perf
+
+
+def builders(configs_dir: str) -> dict:
+  """Row name -> a function building that row."""
+  load = lambda spec: config_lib.load_config(os.path.join(configs_dir, spec))
+  return {
+      'cnn_train': lambda: rows.cnn_train('cnn_train', load('adversarial.py:mnist')),
+      'pgd10': lambda: rows.pgd('pgd10', load('adversarial.py:mnist')),
+      'gpt_train_0.8M': lambda: rows.gpt_train('gpt_train_0.8M',
+                                               load('lm.py:shakespeare_char_cpu')),
+      # Issue #6's 10M row: the GPU Shakespeare model at batch 8, without
+      # dropout (two frameworks cannot draw the same dropout masks).
+      'gpt_train_10M': lambda: rows.gpt_train('gpt_train_10M', rows.with_changes(
+          load('lm.py:shakespeare_char'), batch_size=8, **{'model.dropout': 0.0})),
+  }
+
+
+def main(names: list[str], quick: bool, out: str, configs_dir: str) -> None:
+  build = builders(configs_dir)
+  for name in names:
+    check(name in build, 'workloads', f'unknown row {name!r}', f'rows: {", ".join(build)}')
+  torch.manual_seed(0)
+  peaks = {'jax': perf.matmul_peak(), 'torch': harness.torch_matmul_peak()}
+  print(f'matmul peak (float32): jax {peaks["jax"] / 1e9:.0f} GFLOP/s, '
+        f'torch {peaks["torch"] / 1e9:.0f} GFLOP/s', flush=True)
+  results = []
+  for name in names:
+    row = build[name]()
+    results += harness.measure(row, peaks, warmup=1 if quick else 3,
+                               repeats=5 if quick else 20,
+                               say=lambda line: print(line, flush=True))
+  print(harness.markdown(results))
+  device = jax.devices()[0]
+  with open(out, 'w') as f:
+    json.dump({'rows': [dataclasses.asdict(r) for r in results],
+               'peaks_flops': peaks,
+               'versions': {'jax': jax.__version__, 'jaxlib': jaxlib.__version__,
+                            'torch': torch.__version__, 'python': platform.python_version()},
+               'device': {'platform': device.platform, 'kind': device.device_kind,
+                          'cpu_count': os.cpu_count()},
+               'torch_threads': torch.get_num_threads(), 'quick': quick}, f, indent=2)
+  print(f'wrote {out}')

@@ -1,0 +1,31 @@
+"""The benchmark harness: timing protocol, table, the rows' names."""
+
+import pytest
+
+torch = pytest.importorskip('torch', reason='the benchmark needs torch (pip install -e .[bench])')
+
+from frontiers_jax.bench import harness  # noqa: E402
+
+
+def test_measure_interleaves_modes_and_times_the_first_call_apart():
+  calls = []
+  runners = {mode: (lambda mode=mode: calls.append(mode)) for mode in harness.MODES}
+  row = harness.Row('fake', runners, flops=2e9)
+  results = harness.measure(row, {'jax': 1e12, 'torch': 2e12}, warmup=1, repeats=3,
+                            say=lambda _: None)
+  # First calls (compile), one warm-up round, then three interleaved rounds.
+  assert calls[:3] == list(harness.MODES)
+  assert calls[3:] == list(harness.MODES) * 4
+  by_mode = {r.mode: r for r in results}
+  assert set(by_mode) == set(harness.MODES)
+  for r in results:
+    assert 0 <= r.min_ms <= r.median_ms <= r.max_ms
+    assert r.flops_per_s == pytest.approx(2e9 / (r.median_ms / 1e3))
+  assert by_mode['jax'].mfu == pytest.approx(by_mode['jax'].flops_per_s / 1e12)
+  assert by_mode['torch_eager'].mfu == pytest.approx(by_mode['torch_eager'].flops_per_s / 2e12)
+  table = harness.markdown(results)
+  assert table.count('| fake |') == 3 and '1.00x' in table
+
+
+def test_torch_matmul_peak_is_a_plausible_rate():
+  assert 1e8 < harness.torch_matmul_peak(n=256, chain=2) < 1e15
