@@ -16,9 +16,10 @@ import torch
 
 from frontiers_jax import attacks
 from frontiers_jax.bench import torch_attacks, torch_cnn, torch_gpt, torch_optim
+from frontiers_jax.bench import torch_samplers, torch_unet
 from frontiers_jax.bench.harness import Row
 from frontiers_jax.training import perf
-from frontiers_jax.workloads import classification, lm
+from frontiers_jax.workloads import classification, diffusion, lm
 
 _SEED = 0
 
@@ -114,7 +115,12 @@ def pgd(name: str, config, steps: int = 10) -> Row:
     return attacks.pgd(logits_fn, x, y, key, eps, step_size, steps)
 
   key = jax.random.key(_SEED)
-  flops = perf.step_flops(attack, params, batch['image'], batch['label'], key)
+  # XLA's cost analysis counts a loop body once, whatever its trip count: so
+  # the attack's FLOPs are its steps times one loss-and-gradient (the start,
+  # the candidate checks and the projections are not counted).
+  one_step = jax.jit(attacks._loss_and_grad(
+      lambda v: model.apply({'params': params}, v), batch['label'], 'ce', False))
+  flops = steps * perf.step_flops(one_step, batch['image'])
 
   def run_jax():
     jax.block_until_ready(attack(params, batch['image'], batch['label'], key))
@@ -129,6 +135,86 @@ def pgd(name: str, config, steps: int = 10) -> Row:
 
     def run():
       torch_attacks.pgd_linf(forward, x, y, eps, step_size, steps, noise)
+    return run
+
+  return Row(name, {'jax': run_jax, 'torch_eager': torch_runner(False),
+                    'torch_compile': torch_runner(True)}, flops)
+
+
+def _unet(config, batch_size: int):
+  workload = diffusion.Diffusion(config)
+  rng = np.random.default_rng(_SEED)
+  images = rng.random((batch_size, 28, 28, 1), dtype=np.float32)
+  labels = rng.integers(0, 10, batch_size).astype(np.int32)
+  batch = {'image': jnp.asarray(images), 'label': jnp.asarray(labels)}
+  state = jax.jit(workload.create_state)(jax.random.key(_SEED), batch)
+  twin_of = lambda: torch_unet.load_flax_params(
+      torch_unet.TorchUNet.from_module(workload.network()), jax.device_get(state.params))
+  return workload, batch, state, images, labels, twin_of
+
+
+def unet_train(name: str, config) -> Row:
+  """One train step of the diffusion UNet (with its EMA update) on a random batch."""
+  workload, batch, state, images, labels, twin_of = _unet(config, config.batch_size)
+  key = jax.random.key(_SEED)
+  step = jax.jit(workload.train_step, donate_argnums=0)
+  flops = perf.step_flops(step, state, batch, key)
+  d, sched = config.diffusion, workload.schedule
+  x0 = torch.from_numpy(images) * 2 - 1
+  y = torch.from_numpy(labels.astype(np.int64))
+
+  def torch_runner(compiled: bool):
+    twin = twin_of()
+    made = torch_optim.make_torch_optimizer(config.optim, twin.named_parameters(),
+                                            config.num_steps)
+    ema = [p.detach().clone() for p in twin.parameters()]
+    forward = torch.compile(twin) if compiled else twin
+
+    def run():
+      t = torch.randint(0, d.num_timesteps, (len(x0),))
+      noise = torch.randn_like(x0)
+      dropped = torch.where(torch.rand(len(y)) < d.label_dropout, 10, y)
+      loss = torch_unet.diffusion_loss(forward, sched, x0, t, noise, dropped, d.objective)
+      torch_optim.torch_step(twin, *made, loss)
+      with torch.no_grad():
+        torch._foreach_lerp_(ema, list(twin.parameters()), 1 - d.ema_decay)
+    return run
+
+  return Row(name, {'jax': _jax_runner(step, state, batch, key),
+                    'torch_eager': torch_runner(False),
+                    'torch_compile': torch_runner(True)}, flops)
+
+
+def ddim(name: str, config, num_images: int = 16, steps: int = 50) -> Row:
+  """Guided DDIM sampling of `num_images` images in `steps` steps."""
+  workload, _, state, _, labels, twin_of = _unet(config, num_images)
+  guidance, objective = config.sample.guidance, config.diffusion.objective
+  shape = (num_images, 28, 28, 1)
+  key = jax.random.key(_SEED)
+  y = jnp.asarray(labels)
+  args = (state, key, shape, 'ddim', steps, y, guidance, False, False)
+  # The sampler is one lax.scan, whose body XLA's cost analysis counts once:
+  # its FLOPs are the steps times one guided network call (2 x num_images).
+  y2 = jnp.concatenate([y, jnp.full_like(y, workload.num_classes)])  # [labels; null]
+  guided = jax.jit(lambda x, t: state.apply_fn({'params': state.ema_params}, x, t, y2))
+  x2 = jnp.zeros((2 * num_images,) + shape[1:])
+  flops = steps * perf.step_flops(guided, x2, jnp.zeros(2 * num_images, jnp.int32))
+
+  def run_jax():
+    jax.block_until_ready(workload._generate(*args))
+
+  x_T = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+  torch_labels = torch.from_numpy(labels.astype(np.int64))
+
+  def torch_runner(compiled: bool):
+    twin = twin_of()
+    twin.requires_grad_(False)
+    forward = torch.compile(twin) if compiled else twin
+
+    def run():
+      with torch.no_grad():
+        torch_samplers.ddim(forward, workload.schedule, x_T, steps, torch_labels, guidance,
+                            objective=objective, null_label=10)
     return run
 
   return Row(name, {'jax': run_jax, 'torch_eager': torch_runner(False),

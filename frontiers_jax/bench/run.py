@@ -21,6 +21,8 @@ def builders(configs_dir: str) -> dict:
   return {
       'cnn_train': lambda: rows.cnn_train('cnn_train', load('adversarial.py:mnist')),
       'pgd10': lambda: rows.pgd('pgd10', load('adversarial.py:mnist')),
+      'unet_train': lambda: rows.unet_train('unet_train', load('diffusion.py:mnist')),
+      'ddim50': lambda: rows.ddim('ddim50', load('diffusion.py:mnist')),
       'gpt_train_0.8M': lambda: rows.gpt_train('gpt_train_0.8M',
                                                load('lm.py:shakespeare_char_cpu')),
       # Issue #6's 10M row: the GPU Shakespeare model at batch 8, without
