@@ -243,8 +243,8 @@ class _Speed:
 
   def measure(self, train_step, mesh, state, pending, batch) -> None:
     """XLA's FLOPs of one step, and the matmul peak of one device."""
-    self.flops_per_step = perf.step_flops(train_step, state, pending, batch,
-                                          jnp.int32(0))
+    flops = perf.step_flops(train_step, state, pending, batch, jnp.int32(0))
+    self.flops_per_step = flops and flops * self.spec.loop_iterations
     self.peak_per_device = perf.matmul_peak(self.spec.compute_dtype,
                                             mesh.devices.flat[0])
 

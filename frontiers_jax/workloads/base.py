@@ -44,6 +44,9 @@ class PerfSpec:
   """What the loop needs to report tokens/s and model FLOPs utilization."""
   tokens_per_example: int
   compute_dtype: Any  # the peak matmul rate is measured in this dtype
+  # XLA's cost analysis counts a loop body once: a step whose work runs in a
+  # loop of n iterations (e.g. gradient accumulation) sets n here.
+  loop_iterations: int = 1
 
 
 class Workload:

@@ -207,8 +207,10 @@ class LanguageModel(Workload):
     return c.model.context
 
   def perf_spec(self) -> PerfSpec:
+    k = self.config.optim.accumulation_steps  # micro-batches run in a lax.scan
     return PerfSpec(tokens_per_example=self.input_length(),
-                    compute_dtype=DTYPES[self.config.model.dtype])
+                    compute_dtype=DTYPES[self.config.model.dtype],
+                    loop_iterations=1 if k == 1 else k)
 
   def formula_flops_per_step(self) -> float:
     """6N + 12·L·d·T FLOPs per trained token (PaLM appendix B), times tokens."""
