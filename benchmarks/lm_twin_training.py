@@ -67,7 +67,7 @@ def main(argv):
     torch_optim.torch_step(twin, *made, loss)
     torch_time += time.perf_counter() - start
     if (step + 1) % FLAGS.print_every == 0 or step == 0:
-      print(f'step {step + 1:>5}: train loss  jax {jax_loss:.4f}  torch {float(loss):.4f}',
+      print(f'step {step + 1:>5}: train loss  jax {jax_loss:.4f}  torch {loss.item():.4f}',
             flush=True)
   eval_step = jax.jit(workload.eval_step)
   evaluate = lambda s: loop.evaluate(workload, eval_step, run.mesh, s, data,
