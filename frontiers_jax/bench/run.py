@@ -8,6 +8,7 @@ import platform
 import jax
 import jaxlib
 import torch
+import torch._inductor.config
 
 from frontiers_jax import config as config_lib
 from frontiers_jax.bench import harness, rows
@@ -37,6 +38,10 @@ def main(names: list[str], quick: bool, out: str, configs_dir: str) -> None:
   for name in names:
     check(name in build, 'workloads', f'unknown row {name!r}', f'rows: {", ".join(build)}')
   torch.manual_seed(0)
+  # Inductor's compiled UNet backward crashed (segmentation fault) with two
+  # OpenMP threads on the 2-core CPU (torch 2.13); one thread in compiled
+  # kernels is stable. Eager mode keeps torch's default thread count.
+  torch._inductor.config.cpp.threads = 1
   peaks = {'jax': perf.matmul_peak(), 'torch': harness.torch_matmul_peak()}
   print(f'matmul peak (float32): jax {peaks["jax"] / 1e9:.0f} GFLOP/s, '
         f'torch {peaks["torch"] / 1e9:.0f} GFLOP/s', flush=True)
