@@ -102,6 +102,17 @@ def rotary(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, base: float = 10000.)
   return out.astype(x_BxTxNxH.dtype)
 
 
+def per_token(layer, x_BxTxD: jax.Array) -> jax.Array:
+  """Applies a per-token layer to the B*T rows of x, then restores [B, T, ...].
+
+  Same values as applying it to [B, T, D] directly, but on XLA:CPU the
+  backward of a Dense over [B, T, D] (its weight gradient contracts two axes)
+  measured about 3x slower than over [B*T, D] rows.
+  """
+  b, t, d = x_BxTxD.shape
+  return layer(x_BxTxD.reshape(b * t, d)).reshape(b, t, -1)
+
+
 class Attention(nn.Module):
   """Causal multi-head (or grouped-query) self-attention with an optional KV cache."""
   num_heads: int
@@ -119,9 +130,9 @@ class Attention(nn.Module):
     dense = lambda features, name, std=0.02: nn.Dense(
         features, use_bias=self.use_bias, kernel_init=_normal(std), dtype=self.dtype,
         param_dtype=jnp.float32, name=name)
-    q = dense(self.num_heads * self.head_dim, 'query')(x_BxTxD)
-    k = dense(self.num_kv_heads * self.head_dim, 'key')(x_BxTxD)
-    v = dense(self.num_kv_heads * self.head_dim, 'value')(x_BxTxD)
+    q = per_token(dense(self.num_heads * self.head_dim, 'query'), x_BxTxD)
+    k = per_token(dense(self.num_kv_heads * self.head_dim, 'key'), x_BxTxD)
+    v = per_token(dense(self.num_kv_heads * self.head_dim, 'value'), x_BxTxD)
     q_BxTxNxH = q.reshape(b, t, self.num_heads, self.head_dim)
     k_BxTxKxH = k.reshape(b, t, self.num_kv_heads, self.head_dim)
     v_BxTxKxH = v.reshape(b, t, self.num_kv_heads, self.head_dim)
@@ -146,7 +157,7 @@ class Attention(nn.Module):
       dtype = q_BxTxNxH.dtype
       out = jax.nn.dot_product_attention(q_BxTxNxH, k_BxTxKxH.astype(dtype),
                                          v_BxTxKxH.astype(dtype), mask=mask_Bx1xTxS)
-    out_BxTxD = dense(width, 'out', self.out_std)(out.reshape(b, t, -1))
+    out_BxTxD = per_token(dense(width, 'out', self.out_std), out.reshape(b, t, -1))
     return out_BxTxD, new_cache
 
 
@@ -180,8 +191,10 @@ class Block(nn.Module):
                              layer_cache, index)
     x_BxTxD = x_BxTxD + dropout(h)
 
-    h = dense(self.mlp_ratio * self.width, 'fc', 0.02)(norm('ln_mlp')(x_BxTxD))
-    h = dense(self.width, 'proj', out_std)(jax.nn.gelu(h, approximate=False))
+    fc = dense(self.mlp_ratio * self.width, 'fc', 0.02)
+    proj = dense(self.width, 'proj', out_std)
+    h = per_token(lambda x: proj(jax.nn.gelu(fc(x), approximate=False)),
+                  norm('ln_mlp')(x_BxTxD))
     return x_BxTxD + dropout(h), new_cache
 
 
@@ -270,7 +283,7 @@ class Transformer(nn.Module):
 
     h_BxTxD = nn.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, dtype=self.dtype,
                            param_dtype=jnp.float32, name='ln_final')(x_BxTxD)
-    logits_BxTxV = embed.attend(h_BxTxD).astype(jnp.float32)
+    logits_BxTxV = per_token(embed.attend, h_BxTxD).astype(jnp.float32)
     if cache is None:
       return logits_BxTxV
     return logits_BxTxV, tuple(new_cache)
