@@ -29,3 +29,12 @@ def load(spec: str, **overrides):
   config.quiet = True
   config_lib.apply_overrides(config, [(k, str(v)) for k, v in overrides.items()])
   return config
+
+
+@pytest.fixture(scope='module')
+def fast_compile():
+  """Tiny programs: compiling dominates, so skip most of XLA's optimizations
+  for the rest of the module that asks for this."""
+  jax.config.update('jax_disable_most_optimizations', True)
+  yield
+  jax.config.update('jax_disable_most_optimizations', False)

@@ -16,11 +16,8 @@ LONG_PROMPTS = (3, 8, 5)  # one prompt fills the context: the first new token re
 
 
 @pytest.fixture(scope='module', autouse=True)
-def fast_compile():
-  """Tiny programs: compiling dominates, so skip most of XLA's optimizations here."""
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', False)
+def _fast_compile(fast_compile):
+  """Every test here runs with few XLA optimizations (conftest.fast_compile)."""
 
 
 def tiny(**overrides) -> lm.Transformer:

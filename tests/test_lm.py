@@ -37,11 +37,8 @@ def text_config(path: str, **overrides):
 
 
 @pytest.fixture(scope='module', autouse=True)
-def fast_compile():
-  """Tiny programs: compiling dominates, so skip most of XLA's optimizations."""
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', False)
+def _fast_compile(fast_compile):
+  """Every test here runs with few XLA optimizations (conftest.fast_compile)."""
 
 
 @pytest.fixture(scope='module')

@@ -30,15 +30,13 @@ SMALL = dict(vocab_size=VOCAB, context=CONTEXT, num_layers=2, num_heads=4, width
 
 
 @pytest.fixture(scope='module', autouse=True)
-def setup():
+def setup(fast_compile):
   """Tiny programs compile faster with few XLA optimizations; torch on 2 threads."""
-  jax.config.update('jax_disable_most_optimizations', True)
   threads = torch.get_num_threads()
   torch.set_num_threads(2)
   torch.manual_seed(0)
   yield
   torch.set_num_threads(threads)
-  jax.config.update('jax_disable_most_optimizations', False)
 
 
 def random_tokens(length: int, seed: int = 0) -> np.ndarray:

@@ -46,16 +46,14 @@ FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive
 
 
 @pytest.fixture(scope='module', autouse=True)
-def setup():
+def setup(fast_compile):
   """Tiny programs compile faster with few XLA optimizations. One torch thread:
   on a busy 2-core machine two OpenMP threads wait on each other at every op."""
-  jax.config.update('jax_disable_most_optimizations', True)
   threads = torch.get_num_threads()
   torch.set_num_threads(1)
   torch.manual_seed(0)
   yield
   torch.set_num_threads(threads)
-  jax.config.update('jax_disable_most_optimizations', False)
 
 
 def random_params(model: unet.UNet, shape=SHAPE, seed: int = 0) -> dict:

@@ -4,8 +4,6 @@ import base64
 import os
 import re
 
-import jax
-import pytest
 
 from frontiers_jax import report
 from frontiers_jax import tour
@@ -22,15 +20,6 @@ def test_report_inlines_figures_and_escapes_text(tmp_path):
   assert '<p>x &lt; y</p>' in text
   assert base64.b64encode(png.read_bytes()).decode() in text  # inlined, not linked
   assert '<td>0.1235</td>' in text and '<td>—</td>' in text
-
-
-@pytest.fixture
-def fast_compile():
-  """The quick tour is many tiny programs, so compiling dominates: skip most of
-  XLA's optimizations for this test only."""
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', False)
 
 
 def test_quick_tour_writes_one_self_contained_report(tmp_path, fast_compile):

@@ -6,7 +6,6 @@ returns a `harness.Row`. The JAX side is the project's own code (the
 workload's `train_step`, `attacks.pgd`); the twins are in this package.
 """
 
-import copy
 import types
 
 import jax
@@ -219,15 +218,3 @@ def ddim(name: str, config, num_images: int = 16, steps: int = 50) -> Row:
 
   return Row(name, {'jax': run_jax, 'torch_eager': torch_runner(False),
                     'torch_compile': torch_runner(True)}, flops)
-
-
-def with_changes(config, **changes):
-  """A copy of `config` with dotted keys changed."""
-  config = copy.deepcopy(config)
-  for key, value in changes.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
-  return config

@@ -18,7 +18,11 @@ from frontiers_jax.training import perf
 
 def builders(configs_dir: str) -> dict:
   """Row name -> a function building that row."""
-  load = lambda spec: config_lib.load_config(os.path.join(configs_dir, spec))
+  def load(spec: str, **overrides):
+    config = config_lib.load_config(os.path.join(configs_dir, spec))
+    config_lib.apply_overrides(config, overrides.items())
+    return config
+
   return {
       'cnn_train': lambda: rows.cnn_train('cnn_train', load('adversarial.py:mnist')),
       'pgd10': lambda: rows.pgd('pgd10', load('adversarial.py:mnist')),
@@ -28,8 +32,8 @@ def builders(configs_dir: str) -> dict:
                                                load('lm.py:shakespeare_char_cpu')),
       # Issue #6's 10M row: the GPU Shakespeare model at batch 8, without
       # dropout (two frameworks cannot draw the same dropout masks).
-      'gpt_train_10M': lambda: rows.gpt_train('gpt_train_10M', rows.with_changes(
-          load('lm.py:shakespeare_char'), batch_size=8, **{'model.dropout': 0.0})),
+      'gpt_train_10M': lambda: rows.gpt_train('gpt_train_10M', load(
+          'lm.py:shakespeare_char', batch_size='8', **{'model.dropout': '0'})),
   }
 
 

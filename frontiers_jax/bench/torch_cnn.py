@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from frontiers_jax.bench import weights
 from frontiers_jax.models import SmallCNN
 
 Params = Mapping[str, Mapping[str, Any]]
@@ -79,21 +80,6 @@ def _layers(torch_model: TorchSmallCNN) -> list[tuple[str, torch.nn.Module]]:
   return pairs + [('Dense_0', torch_model.hidden), ('Dense_1', torch_model.readout)]
 
 
-def _kernel_to_torch(kernel: np.ndarray) -> np.ndarray:
-  """flax [kh, kw, in, out] -> torch [out, in, kh, kw]; [in, out] -> [out, in]."""
-  return kernel.transpose(3, 2, 0, 1) if kernel.ndim == 4 else kernel.T
-
-
-def _kernel_to_flax(weight: np.ndarray) -> np.ndarray:
-  """The inverse of `_kernel_to_torch`."""
-  return weight.transpose(2, 3, 1, 0) if weight.ndim == 4 else weight.T
-
-
-def _unwrap(params: Params) -> Params:
-  """Accepts `variables` ({'params': ...}) as well as the params themselves."""
-  return params['params'] if set(params) == {'params'} else params
-
-
 def _check_names(torch_model: TorchSmallCNN, params: Params) -> None:
   expected = [name for name, _ in _layers(torch_model)]
   if sorted(params) != sorted(expected):
@@ -119,11 +105,11 @@ def load_flax_params(torch_model: TorchSmallCNN, params: Params) -> TorchSmallCN
   Raises:
     ValueError: when module names or shapes do not match.
   """
-  params = _unwrap(params)
+  params = weights.unwrap(params)
   _check_names(torch_model, params)
   for name, layer in _layers(torch_model):
     kernel = np.array(params[name]['kernel'], dtype=np.float32)
-    _copy(layer.weight, _kernel_to_torch(kernel), f'{name}/kernel')
+    _copy(layer.weight, weights.kernel_to_torch(kernel), f'{name}/kernel')
     _copy(layer.bias, np.array(params[name]['bias'], dtype=np.float32), f'{name}/bias')
   return torch_model
 
@@ -139,12 +125,12 @@ def flax_params_from_torch(torch_model: TorchSmallCNN, like: Params | None = Non
   Returns:
     {'Conv_i': {'kernel', 'bias'}, ..., 'Dense_0': ..., 'Dense_1': ...}.
   """
-  like = _unwrap(like) if like is not None else None
+  like = weights.unwrap(like) if like is not None else None
   if like is not None:
     _check_names(torch_model, like)
   out = {}
   for name, layer in _layers(torch_model):
-    leaves = {'kernel': _kernel_to_flax(layer.weight.detach().cpu().numpy()),
+    leaves = {'kernel': weights.kernel_to_flax(layer.weight.detach().cpu().numpy()),
               'bias': layer.bias.detach().cpu().numpy()}
     out[name] = {k: jnp.asarray(v, like[name][k].dtype if like is not None else jnp.float32)
                  for k, v in leaves.items()}

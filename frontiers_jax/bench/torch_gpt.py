@@ -52,11 +52,11 @@ gradient and twins like every other parameter.
 
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from flax import traverse_util
 from torch import nn
+
+from frontiers_jax.bench import weights
 
 from frontiers_jax.lm.model import Transformer, check, kv_heads
 
@@ -193,37 +193,13 @@ def torch_name(path: tuple[str, ...]) -> tuple[str, bool]:
   return '.'.join(parts + [renamed]), leaf == 'kernel'
 
 
-def load_flax_params(torch_model: TorchGPT, params: Any) -> None:
+def load_flax_params(torch_model: TorchGPT, params: Any) -> TorchGPT:
   """Copies flax parameters (the nested dict of `Transformer.init(...)['params']`)
   into `torch_model`. Every torch parameter must receive exactly one array."""
-  targets = dict(torch_model.named_parameters())
-  flat = traverse_util.flatten_dict(params)
-  names = {}
-  for path, value in flat.items():
-    name, transpose = torch_name(path)
-    if name not in targets:
-      raise KeyError(f'flax parameter {"/".join(path)} has no torch twin {name!r}')
-    array = np.array(value, np.float32)  # a writable copy
-    array = array.T if transpose else array
-    if tuple(array.shape) != tuple(targets[name].shape):
-      raise ValueError(f'{"/".join(path)}: shape {array.shape} != torch {name} '
-                       f'{tuple(targets[name].shape)}')
-    names[name] = array
-  missing = sorted(set(targets) - set(names))
-  if missing:
-    raise KeyError(f'torch parameters without a flax value: {", ".join(missing)}')
-  with torch.no_grad():
-    for name, array in names.items():
-      targets[name].copy_(torch.from_numpy(np.ascontiguousarray(array)))
+  return weights.load_named(torch_model, params, torch_name)
 
 
 def flax_params_from_torch(torch_model: TorchGPT, like: Any) -> dict:
   """The torch parameters as a nested dict of numpy arrays shaped like the flax
   tree `like` (same paths, flax layouts): to compare the two after training."""
-  sources = dict(torch_model.named_parameters())
-  out = {}
-  for path in traverse_util.flatten_dict(like):
-    name, transpose = torch_name(path)
-    array = sources[name].detach().cpu().numpy()
-    out[path] = np.array(array.T if transpose else array)
-  return traverse_util.unflatten_dict(out)
+  return weights.named_to_flax(torch_model, like, torch_name)

@@ -60,8 +60,9 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from flax import traverse_util
 from torch import nn
+
+from frontiers_jax.bench import weights
 
 from frontiers_jax.diffusion.unet import UNet
 
@@ -313,11 +314,6 @@ class TorchUNet(nn.Module):
 Params = Mapping[str, Any]
 
 
-def _unwrap(params: Params) -> Params:
-  """Accepts `variables` ({'params': ...}) as well as the params themselves."""
-  return params['params'] if set(params) == {'params'} else params
-
-
 def torch_name(path: tuple[str, ...]) -> tuple[str, bool]:
   """The torch parameter name of a flax parameter path, and whether the array
   is a kernel (whose axes are reordered between the two)."""
@@ -326,58 +322,15 @@ def torch_name(path: tuple[str, ...]) -> tuple[str, bool]:
   return '.'.join(path[:-1] + (renamed,)), leaf == 'kernel'
 
 
-def kernel_to_torch(kernel: np.ndarray) -> np.ndarray:
-  """flax [kh, kw, in, out] -> torch [out, in, kh, kw]; [in, out] -> [out, in]."""
-  return kernel.transpose(3, 2, 0, 1) if kernel.ndim == 4 else kernel.T
-
-
-def kernel_to_flax(weight: np.ndarray) -> np.ndarray:
-  """The inverse of `kernel_to_torch`."""
-  return weight.transpose(2, 3, 1, 0) if weight.ndim == 4 else weight.T
-
-
-@torch.no_grad()
 def load_flax_params(torch_model: TorchUNet, params: Params) -> TorchUNet:
-  """Copies flax `UNet` params into `torch_model` (in place; returned too).
-
-  Args:
-    torch_model: a twin of the flax model's architecture.
-    params: `model.init(...)['params']` (or the whole variables dict).
-
-  Raises:
-    KeyError: when a parameter of either side has no counterpart.
-    ValueError: when shapes do not match.
-  """
-  targets = dict(torch_model.named_parameters())
-  arrays = {}
-  for path, value in traverse_util.flatten_dict(dict(_unwrap(params))).items():
-    name, is_kernel = torch_name(path)
-    if name not in targets:
-      raise KeyError(f'flax parameter {"/".join(path)} has no torch twin {name!r}')
-    array = np.array(value, np.float32)  # a writable copy
-    array = kernel_to_torch(array) if is_kernel else array
-    if array.shape != tuple(targets[name].shape):
-      raise ValueError(f'{"/".join(path)}: shape {array.shape} does not fit torch {name} '
-                       f'{tuple(targets[name].shape)}')
-    arrays[name] = array
-  missing = sorted(set(targets) - set(arrays))
-  if missing:
-    raise KeyError(f'torch parameters without a flax value: {", ".join(missing)}')
-  for name, array in arrays.items():
-    targets[name].copy_(torch.from_numpy(np.ascontiguousarray(array)))
-  return torch_model
+  """Copies flax `UNet` params (or the whole variables dict) into `torch_model`
+  (in place; returned too). KeyError/ValueError when names or shapes differ."""
+  return weights.load_named(torch_model, params, torch_name)
 
 
 def flax_params_from_torch(torch_model: TorchUNet, like: Params) -> dict:
-  """The twin's weights as a nested dict of numpy float32 arrays with the paths
-  and layouts of the flax tree `like`: to compare the two after training."""
-  sources = dict(torch_model.named_parameters())
-  out = {}
-  for path in traverse_util.flatten_dict(dict(_unwrap(like))):
-    name, is_kernel = torch_name(path)
-    array = sources[name].detach().cpu().numpy()
-    out[path] = np.array(kernel_to_flax(array) if is_kernel else array)
-  return traverse_util.unflatten_dict(out)
+  """The twin's weights in the paths and layouts of the flax tree `like`."""
+  return weights.named_to_flax(torch_model, like, torch_name)
 
 
 # -- The training loss ----------------------------------------------------------------

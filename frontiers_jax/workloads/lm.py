@@ -269,7 +269,7 @@ class LanguageModel(Workload):
     texts = self.sample_texts(state.params, [r['prompt']] * r['num_samples'], r['num_tokens'],
                               jax.random.key(seed), r['temperature'], r['top_k'], r['top_p'])
     path = write_samples(out + '.txt', r['prompt'], texts)
-    print(open(path).read(), end='')
+    print(format_samples(r['prompt'], texts), end='')
     return [path]
 
   def figures(self, state, data, history, fig_dir):
@@ -280,16 +280,20 @@ class LanguageModel(Workload):
     key = jax.random.fold_in(jax.random.key(c.seed), _SAMPLE_STREAM)
     s = c.sample
     if c.data.name == 'arithmetic':
-      path = self.write_arithmetic_examples(state, data, os.path.join(fig_dir, 'examples.txt'))
+      text = self.arithmetic_examples(state, data)
+      path = os.path.join(fig_dir, 'examples.txt')
+      with open(path, 'w') as f:
+        f.write(text)
     else:
       texts = self.sample_texts(state.params, [s.prompt] * s.num_samples, s.num_tokens,
                                 key, s.temperature, s.top_k, s.top_p)
-      path = write_samples(os.path.join(fig_dir, 'samples.txt'), s.prompt, texts)
+      text = format_samples(s.prompt, texts)
+      write_samples(os.path.join(fig_dir, 'samples.txt'), s.prompt, texts)
     if not c.quiet:
-      print(open(path).read(), end='')
+      print(text, end='')
     return paths
 
-  def write_arithmetic_examples(self, state, data, path: str, count: int = 10) -> str:
+  def arithmetic_examples(self, state, data, count: int = 10) -> str:
     """Greedy answers to the first test problems, marked right or wrong."""
     c = self.config
     n = c.data.digits
@@ -299,11 +303,9 @@ class LanguageModel(Workload):
                                 jax.random.key(0), 0.0, 0, 1.0)
     lines = [f'{p}{a}  {"right" if p + a == q else "wrong, " + q}'
              for p, a, q in zip(prompts, answers, problems)]
-    with open(path, 'w') as f:
-      f.write(f'greedy answers to held-out {n}-digit problems '
-              f'(answers {"reversed" if c.data.reverse_answer else "as written"}):\n')
-      f.write('\n'.join(lines) + '\n')
-    return path
+    return (f'greedy answers to held-out {n}-digit problems '
+            f'(answers {"reversed" if c.data.reverse_answer else "as written"}):\n'
+            + '\n'.join(lines) + '\n')
 
 
 def sweep_figures(runs: dict[str, dict], fig_dir: str) -> list[str]:
@@ -360,10 +362,13 @@ def read_text(path: str, name: str, data_dir: str) -> dict[str, str]:
   return registry.split_text(text)
 
 
+def format_samples(prompt: str, texts: list[str]) -> str:
+  return ''.join(f'--- sample {i + 1} of {len(texts)} (prompt {prompt!r}) ---\n{prompt}{text}\n'
+                 for i, text in enumerate(texts))
+
+
 def write_samples(path: str, prompt: str, texts: list[str]) -> str:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, 'w') as f:
-    for i, text in enumerate(texts):
-      f.write(f'--- sample {i + 1} of {len(texts)} (prompt {prompt!r}) ---\n'
-              f'{prompt}{text}\n')
+    f.write(format_samples(prompt, texts))
   return path
