@@ -5,6 +5,7 @@ import pytest
 torch = pytest.importorskip('torch', reason='the benchmark needs torch (pip install -e .[bench])')
 
 from frontiers_jax.bench import harness  # noqa: E402
+from conftest import CONFIGS  # noqa: E402
 
 
 def test_measure_interleaves_modes_and_times_the_first_call_apart():
@@ -29,3 +30,23 @@ def test_measure_interleaves_modes_and_times_the_first_call_apart():
 
 def test_torch_matmul_peak_is_a_plausible_rate():
   assert 1e8 < harness.torch_matmul_peak(n=256, chain=2) < 1e15
+
+
+def test_rows_build_and_their_jax_and_eager_runners_run():
+  from frontiers_jax.bench import run
+  build = run.builders(CONFIGS)
+  assert set(build) == {'cnn_train', 'pgd10', 'unet_train', 'ddim50', 'gpt_train_0.8M',
+                        'gpt_train_10M'}
+  row = build['cnn_train']()
+  assert set(row.runners) == set(harness.MODES) and row.flops > 0
+  row.runners['jax']()
+  row.runners['torch_eager']()
+
+
+def test_unknown_row_is_a_one_line_error_before_any_work(tmp_path):
+  from frontiers_jax.bench import run
+  from frontiers_jax.errors import UsageError
+  with pytest.raises(UsageError, match="unknown row 'nope'"):
+    run.main(['cnn_train', 'nope'], quick=True, out=str(tmp_path / 'b.json'),
+             configs_dir=CONFIGS)
+  assert not (tmp_path / 'b.json').exists()
