@@ -36,7 +36,7 @@ def test_rows_build_and_their_jax_and_eager_runners_run():
   from frontiers_jax.bench import run
   build = run.builders(CONFIGS)
   assert set(build) == {'cnn_train', 'pgd10', 'unet_train', 'ddim50', 'gpt_train_0.8M',
-                        'gpt_train_10M'}
+                        'gpt_train_10M', 'gpt_decode_b1', 'gpt_decode_b8'}
   row = build['cnn_train']()
   assert set(row.runners) == set(harness.MODES) and row.flops > 0
   row.runners['jax']()
@@ -50,3 +50,19 @@ def test_unknown_row_is_a_one_line_error_before_any_work(tmp_path):
     run.main(['cnn_train', 'nope'], quick=True, out=str(tmp_path / 'b.json'),
              configs_dir=CONFIGS)
   assert not (tmp_path / 'b.json').exists()
+
+
+def test_decode_row_counts_its_tokens_and_runs():
+  from frontiers_jax import config as config_lib
+  from frontiers_jax.bench import rows
+  config = config_lib.load_config(f'{CONFIGS}/lm.py:shakespeare_char_cpu')
+  config_lib.apply_overrides(config, [('model.num_layers', '1'), ('model.width', '32')])
+  row = rows.gpt_decode('decode', config, batch_size=2, prompt_length=4)
+  assert row.tokens == 2 * (64 - 4) and row.flops > 0
+  row.runners['jax']()
+  row.runners['torch_eager']()
+  results = harness.measure(row, {'jax': 1e12, 'torch': 1e12}, warmup=0, repeats=1,
+                            say=lambda _: None)
+  for r in results:
+    assert r.tokens_per_s == pytest.approx(row.tokens / (r.median_ms / 1e3))
+  assert '| decode | jax |' in harness.markdown(results)

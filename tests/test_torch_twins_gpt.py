@@ -16,6 +16,7 @@ import pytest
 from flax import traverse_util
 
 from frontiers_jax import config as config_lib
+from frontiers_jax.lm import generate
 from frontiers_jax.lm import model as model_lib
 from frontiers_jax.training import optim
 from frontiers_jax.workloads import lm
@@ -86,6 +87,43 @@ def test_twin_logits_equal_jax_logits(fields):
   with torch.no_grad():  # a shorter sequence uses the first rows of the position table
     short = twin(torch.from_numpy(tokens[:, :5]).long())
   np.testing.assert_allclose(short.numpy(), expected[:, :5], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('fields', [
+    dict(positions='learned'),
+    dict(positions='rotary', use_bias=True),
+    dict(num_kv_heads=2, positions='rotary'),
+], ids=['learned', 'rotary_bias', 'gqa_rotary'])
+def test_twin_cached_greedy_decoding_equals_jax_generate(fields):
+  """The twin's KV-cache decoding (prefill, then one call per token) picks the
+  tokens of the project's `generate` at temperature 0, and its cached logits
+  equal the JAX model's."""
+  model = model_lib.Transformer(**SMALL, **fields)
+  params = random_params(model)
+  prompts = random_tokens(5)
+  num_tokens = CONTEXT - 5 + 1  # the last token's logits come from the last slot
+  expected = np.asarray(generate.generate(model, params, prompts, np.zeros(BATCH, np.int32),
+                                          num_tokens, jax.random.key(0), temperature=0.0))
+  twin = twin_of(model, params).eval()
+  got = torch_gpt.greedy_decode(twin, twin, torch.from_numpy(prompts).long(), num_tokens)
+  np.testing.assert_array_equal(got.numpy(), expected)
+  # The cache holds what a full pass computes: the logits of the whole
+  # sequence, fed one slot at a time, equal the uncached forward's.
+  sequence = np.concatenate([prompts, expected[:, :-1]], axis=1)
+  full = np.asarray(jax.jit(model.apply)({'params': params}, sequence))
+  with torch.no_grad():
+    cache = twin.init_cache(BATCH)
+    steps = [twin(torch.from_numpy(sequence[:, :5]).long(), cache, torch.tensor(0))]
+    steps += [twin(torch.from_numpy(sequence[:, s:s + 1]).long(), cache, torch.tensor(s))
+              for s in range(5, CONTEXT)]
+  np.testing.assert_allclose(torch.cat(steps, dim=1).numpy(), full, rtol=1e-4, atol=1e-5)
+
+
+def test_twin_decoding_refuses_more_tokens_than_the_context():
+  model = model_lib.Transformer(**SMALL)
+  twin = twin_of(model, random_params(model))
+  with pytest.raises(ValueError, match='exceed the context of 16'):
+    torch_gpt.greedy_decode(twin, twin, torch.zeros((1, 8), dtype=torch.long), CONTEXT)
 
 
 def test_twin_dropout_acts_in_train_mode_only():

@@ -35,6 +35,7 @@ class Row:
   name: str
   runners: dict[str, Runner]
   flops: float | None = None
+  tokens: int | None = None  # tokens per step (language models): tokens/s reported
   note: str = ''
 
 
@@ -49,6 +50,7 @@ class Result:
   flops: float | None
   flops_per_s: float | None
   mfu: float | None
+  tokens_per_s: float | None = None
 
 
 def torch_matmul_peak(dtype=torch.float32, n: int = 1024, chain: int = 8,
@@ -94,19 +96,21 @@ def measure(row: Row, peaks: dict[str, float], warmup: int, repeats: int,
     peak = peaks['jax' if mode == 'jax' else 'torch']
     results.append(Result(row.name, mode, 1e3 * median, 1e3 * min(seconds),
                           1e3 * max(seconds), compile_s[mode], row.flops, rate,
-                          rate / peak if rate else None))
+                          rate / peak if rate else None,
+                          row.tokens / median if row.tokens else None))
   return results
 
 
 def markdown(results: list[Result]) -> str:
   """The table: one line per row and mode, with the ratio to PyTorch eager."""
   eager = {r.name: r.median_ms for r in results if r.mode == 'torch_eager'}
-  lines = ['| row | mode | median ms | min–max ms | first step s | GFLOP/s | MFU | '
-           'vs torch eager |', '|---|---|---|---|---|---|---|---|']
+  lines = ['| row | mode | median ms | min–max ms | first step s | GFLOP/s | MFU | tokens/s | '
+           'vs torch eager |', '|---|---|---|---|---|---|---|---|---|']
   for r in results:
     rate = '—' if r.flops_per_s is None else f'{r.flops_per_s / 1e9:.1f}'
     mfu = '—' if r.mfu is None else f'{r.mfu:.1%}'
+    tokens = '—' if r.tokens_per_s is None else f'{r.tokens_per_s:,.0f}'
     ratio = f'{r.median_ms / eager[r.name]:.2f}x' if r.name in eager else '—'
     lines.append(f'| {r.name} | {r.mode} | {r.median_ms:.2f} | {r.min_ms:.2f}–{r.max_ms:.2f} '
-                 f'| {r.compile_s:.2f} | {rate} | {mfu} | {ratio} |')
+                 f'| {r.compile_s:.2f} | {rate} | {mfu} | {tokens} | {ratio} |')
   return '\n'.join(lines)

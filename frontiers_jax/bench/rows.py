@@ -17,6 +17,7 @@ from frontiers_jax import attacks
 from frontiers_jax.bench import torch_attacks, torch_cnn, torch_gpt, torch_optim
 from frontiers_jax.bench import torch_samplers, torch_unet
 from frontiers_jax.bench.harness import Row
+from frontiers_jax.lm import generate, model as model_lib
 from frontiers_jax.training import perf
 from frontiers_jax.workloads import classification, diffusion, lm
 
@@ -60,7 +61,56 @@ def gpt_train(name: str, config) -> Row:
 
   return Row(name, {'jax': _jax_runner(step, state, batch, key),
                     'torch_eager': torch_runner(False),
-                    'torch_compile': torch_runner(True)}, flops)
+                    'torch_compile': torch_runner(True)}, flops,
+             tokens=config.batch_size * config.model.context)
+
+
+def gpt_decode(name: str, config, batch_size: int, prompt_length: int = 16) -> Row:
+  """Greedy KV-cache decoding: a random prompt, then tokens up to the context.
+
+  One call of the row is one whole generation: the prompt's prefill and
+  context - prompt_length decoding steps, each appending one token per row
+  (no re-prefill). JAX: `lm.generate.generate` (one compiled program, the
+  steps in a `lax.scan`); torch: `torch_gpt.greedy_decode` (a Python loop
+  over the steps, the step compiled once under `torch.compile`).
+  """
+  workload = lm.LanguageModel(config)
+  workload.tokenizer = types.SimpleNamespace(vocab_size=65)  # Shakespeare's characters
+  model = workload.model
+  rng = np.random.default_rng(_SEED)
+  prompts = rng.integers(0, 65, (batch_size, prompt_length)).astype(np.int32)
+  num_tokens = config.model.context - prompt_length
+  params = jax.jit(model.init)(jax.random.key(_SEED), prompts)['params']
+  first, key = jnp.zeros(batch_size, jnp.int32), jax.random.key(_SEED)
+
+  # The steps are a scan, whose body XLA's cost analysis counts once: the
+  # FLOPs are one prefill plus num_tokens - 1 single-token calls.
+  def call(tokens, index):
+    cache = model_lib.init_cache(model, batch_size)
+    return model.apply({'params': params}, tokens, cache=cache, index=index)[0]
+  flops = (perf.step_flops(jax.jit(call), jnp.asarray(prompts), 0)
+           + (num_tokens - 1) * perf.step_flops(jax.jit(call), jnp.asarray(prompts[:, :1]),
+                                                prompt_length))
+
+  def run_jax():
+    jax.block_until_ready(generate.generate(model, params, prompts, first, num_tokens, key,
+                                            temperature=0.0))
+
+  torch_prompts = torch.from_numpy(prompts.astype(np.int64))
+
+  def torch_runner(compiled: bool):
+    twin = torch_gpt.TorchGPT.from_module(model)
+    torch_gpt.load_flax_params(twin, jax.device_get(params))
+    twin.eval().requires_grad_(False)
+    forward = torch.compile(twin) if compiled else twin
+
+    def run():
+      torch_gpt.greedy_decode(forward, twin, torch_prompts, num_tokens)
+    return run
+
+  return Row(name, {'jax': run_jax, 'torch_eager': torch_runner(False),
+                    'torch_compile': torch_runner(True)}, flops,
+             tokens=batch_size * num_tokens)
 
 
 def _cnn(config):

@@ -34,6 +34,11 @@ def builders(configs_dir: str) -> dict:
       # dropout (two frameworks cannot draw the same dropout masks).
       'gpt_train_10M': lambda: rows.gpt_train('gpt_train_10M', load(
           'lm.py:shakespeare_char', batch_size='8', **{'model.dropout': '0'})),
+      # Decoding with the same 10M model: a 16-token prompt, then 240 tokens.
+      'gpt_decode_b1': lambda: rows.gpt_decode('gpt_decode_b1', load('lm.py:shakespeare_char'),
+                                               batch_size=1),
+      'gpt_decode_b8': lambda: rows.gpt_decode('gpt_decode_b8', load('lm.py:shakespeare_char'),
+                                               batch_size=8),
   }
 
 

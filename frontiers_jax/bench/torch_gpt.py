@@ -31,7 +31,14 @@ maps one to one onto the torch module (`load_flax_params` and its inverse
 weight is [out, in], so kernels are transposed on the way.
 
 Scope: the twin covers the training path of the JAX model (a whole batch of
-unpadded sequences, no KV cache). It is float32 only: a JAX model with
+unpadded sequences) and its KV-cache decoding (`init_cache`, `forward` with
+a cache and a slot index, `greedy_decode`), for unpadded prompts that, with
+the generated tokens, fit the context (no left padding, no re-prefill). The
+cache is laid out as the JAX one: per layer, keys and values of all `context`
+slots, written in place at slots index .. index + T - 1; queries attend over
+the whole buffer with a mask (key slot <= query slot), so the shapes never
+change from one token to the next and `torch.compile` compiles the decoding
+step once. It is float32 only: a JAX model with
 `dtype=bfloat16` is twinned in float32 (wrap the twin in `torch.autocast` for
 a bfloat16 benchmark, knowing that autocast's choice of bfloat16 ops is not
 exactly the JAX model's). `attention_impl` is ignored: every attention
@@ -61,24 +68,27 @@ from frontiers_jax.bench import weights
 from frontiers_jax.lm.model import Transformer, check, kv_heads
 
 
-def rotary(x_BxNxTxH: torch.Tensor, base: float = 10000.) -> torch.Tensor:
-  """Rotary position embedding of positions 0 .. T-1, "rotate-half" convention.
+def rotary(x_BxNxTxH: torch.Tensor, positions_T: torch.Tensor | None = None,
+           base: float = 10000.) -> torch.Tensor:
+  """Rotary position embedding, "rotate-half" convention.
 
   Channel i of the first half pairs with channel i of the second half; the pair
   is rotated by the angle p * base^(-2i / H) at position p (as the JAX model).
+  The positions are 0 .. T-1 unless given (int [T]).
   """
   t, size = x_BxNxTxH.shape[-2:]
   half = size // 2
   freqs_F = base ** (-torch.arange(half, dtype=torch.float32, device=x_BxNxTxH.device) / half)
-  positions_T = torch.arange(t, dtype=torch.float32, device=x_BxNxTxH.device)
-  angles_TxF = positions_T[:, None] * freqs_F
+  if positions_T is None:
+    positions_T = torch.arange(t, device=x_BxNxTxH.device)
+  angles_TxF = positions_T.to(torch.float32)[:, None] * freqs_F
   cos, sin = torch.cos(angles_TxF), torch.sin(angles_TxF)
   x1, x2 = x_BxNxTxH[..., :half], x_BxNxTxH[..., half:]
   return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
 class Attention(nn.Module):
-  """Causal multi-head (or grouped-query) self-attention, no cache."""
+  """Causal multi-head (or grouped-query) self-attention, with an optional KV cache."""
 
   def __init__(self, width: int, num_heads: int, num_kv_heads: int, use_rotary: bool,
                use_bias: bool):
@@ -96,15 +106,28 @@ class Attention(nn.Module):
     b, t, _ = x_BxTxF.shape
     return x_BxTxF.view(b, t, count, self.head_dim).transpose(1, 2)
 
-  def forward(self, x_BxTxD: torch.Tensor) -> torch.Tensor:
+  def forward(self, x_BxTxD: torch.Tensor, layer_cache: tuple | None = None,
+              slots_T: torch.Tensor | None = None) -> torch.Tensor:
+    """Without a cache: causal attention within x. With one (keys, values
+    [B, K, C, H], updated in place): x's tokens sit in `slots_T` and attend
+    over the cached slots up to their own."""
     b, t, _ = x_BxTxD.shape
     q = self.heads(self.query(x_BxTxD), self.num_heads)
     k = self.heads(self.key(x_BxTxD), self.num_kv_heads)
     v = self.heads(self.value(x_BxTxD), self.num_kv_heads)
     if self.use_rotary:
-      q, k = rotary(q), rotary(k)
-    out_BxNxTxH = F.scaled_dot_product_attention(
-        q, k, v, is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads)
+      q, k = rotary(q, slots_T), rotary(k, slots_T)
+    gqa = self.num_kv_heads != self.num_heads
+    if layer_cache is None:
+      out_BxNxTxH = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    else:
+      keys_BxKxCxH, values_BxKxCxH = layer_cache
+      keys_BxKxCxH.index_copy_(2, slots_T, k)
+      values_BxKxCxH.index_copy_(2, slots_T, v)
+      slots_C = torch.arange(keys_BxKxCxH.shape[2], device=x_BxTxD.device)
+      mask_TxC = slots_C[None, :] <= slots_T[:, None]
+      out_BxNxTxH = F.scaled_dot_product_attention(q, keys_BxKxCxH, values_BxKxCxH,
+                                                   attn_mask=mask_TxC, enable_gqa=gqa)
     return self.out(out_BxNxTxH.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -121,8 +144,10 @@ class Block(nn.Module):
     self.proj = nn.Linear(mlp_ratio * width, width, bias=use_bias)
     self.dropout = nn.Dropout(dropout)
 
-  def forward(self, x_BxTxD: torch.Tensor) -> torch.Tensor:
-    x_BxTxD = x_BxTxD + self.dropout(self.attention(self.ln_attention(x_BxTxD)))
+  def forward(self, x_BxTxD: torch.Tensor, layer_cache: tuple | None = None,
+              slots_T: torch.Tensor | None = None) -> torch.Tensor:
+    attended = self.attention(self.ln_attention(x_BxTxD), layer_cache, slots_T)
+    x_BxTxD = x_BxTxD + self.dropout(attended)
     h = F.gelu(self.fc(self.ln_mlp(x_BxTxD)), approximate='none')
     return x_BxTxD + self.dropout(self.proj(h))
 
@@ -159,18 +184,54 @@ class TorchGPT(nn.Module):
                model.num_kv_heads, model.width, model.mlp_ratio, model.positions,
                model.dropout, model.use_bias)
 
-  def forward(self, tokens_BxT: torch.Tensor) -> torch.Tensor:
-    """Next-token logits, float32 [B, T, vocab_size], for token ids [B, T]."""
+  def forward(self, tokens_BxT: torch.Tensor, cache: list | None = None,
+              index: torch.Tensor | None = None) -> torch.Tensor:
+    """Next-token logits, float32 [B, T, vocab_size], for token ids [B, T].
+
+    With a `cache` (from `init_cache`, updated in place), the tokens sit in
+    slots index .. index + T - 1 (`index` a 0-d integer tensor, so that a
+    compiled step does not specialize on it) and see every earlier slot.
+    """
     t = tokens_BxT.shape[1]
     if t > self.context:
       raise ValueError(f'{t} tokens exceed the context of {self.context}')
+    slots_T = None if cache is None else index + torch.arange(t, device=tokens_BxT.device)
     x_BxTxD = self.token_embedding(tokens_BxT)
     if self.positions == 'learned':
-      x_BxTxD = x_BxTxD + self.position_embedding[:t]
+      x_BxTxD = x_BxTxD + (self.position_embedding[:t] if cache is None
+                           else self.position_embedding[slots_T])
     x_BxTxD = self.dropout(x_BxTxD)
-    for block in self.blocks:
-      x_BxTxD = block(x_BxTxD)
+    for i, block in enumerate(self.blocks):
+      x_BxTxD = block(x_BxTxD, None if cache is None else cache[i], slots_T)
     return self.ln_final(x_BxTxD) @ self.token_embedding.weight.T
+
+  def init_cache(self, batch_size: int) -> list:
+    """An empty KV cache: per layer, zero (keys, values), each [B, K, context, H]."""
+    attention = self.blocks[0].attention
+    shape = (batch_size, attention.num_kv_heads, self.context, attention.head_dim)
+    return [(torch.zeros(shape), torch.zeros(shape)) for _ in self.blocks]
+
+
+def greedy_decode(forward, torch_model: TorchGPT, prompts_BxP: torch.Tensor,
+                  num_tokens: int) -> torch.Tensor:
+  """Greedy decoding with a KV cache: one prefill call, then one call per token.
+
+  `forward` is `torch_model` or its `torch.compile`d version. The prompt and
+  the generated tokens must fit the context (no re-prefill). Returns the
+  generated tokens, int64 [B, num_tokens].
+  """
+  batch, length = prompts_BxP.shape
+  if length + num_tokens - 1 > torch_model.context:
+    raise ValueError(f'{length} + {num_tokens} tokens exceed the context of '
+                     f'{torch_model.context}')
+  with torch.no_grad():
+    cache = torch_model.init_cache(batch)
+    token_B = forward(prompts_BxP, cache, torch.tensor(0))[:, -1].argmax(-1)
+    tokens = [token_B]
+    for slot in range(length, length + num_tokens - 1):
+      token_B = forward(token_B[:, None], cache, torch.tensor(slot))[:, -1].argmax(-1)
+      tokens.append(token_B)
+  return torch.stack(tokens, dim=1)
 
 
 def lm_loss(torch_model: TorchGPT, tokens_BxT: torch.Tensor) -> torch.Tensor:
