@@ -14,11 +14,17 @@ from absl import flags
 from absl import logging
 
 from frontiers_jax import config as config_lib
+from frontiers_jax import distributed
 from frontiers_jax.errors import EXIT_USAGE, UsageError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('config', None, 'configs/<experiment>.py[:variant]')
 flags.DEFINE_string('workdir', None, 'directory for checkpoints, logs, figures')
+flags.DEFINE_string('coordinator_address', None,
+                    'multi-process jobs: host:port of process 0 (default: auto-detect '
+                    'a TPU pod slice or SLURM job, else run as one process)')
+flags.DEFINE_integer('num_processes', None, 'multi-process jobs: the number of processes')
+flags.DEFINE_integer('process_id', None, 'multi-process jobs: this process, 0 to n - 1')
 
 _overrides: list[tuple[str, str]] = []
 
@@ -43,7 +49,7 @@ def load_config_from_flags():
 
 def train(argv: list[str]) -> int:
   del argv
-  from frontiers_jax.training import loop  # jax is imported after parsing.
+  from frontiers_jax.training import logs, loop  # jax is imported after parsing.
   config = load_config_from_flags()
   try:
     summary = loop.train_and_evaluate(config, FLAGS.workdir)
@@ -53,7 +59,7 @@ def train(argv: list[str]) -> int:
   except loop.Preempted as e:
     print(f'preempted: {e}', file=sys.stderr)
     return loop.EXIT_PREEMPTED
-  print(f'done in {summary["wall_time_s"]:.1f} s: {FLAGS.workdir}/summary.json')
+  logs.console(f'done in {summary["wall_time_s"]:.1f} s: {FLAGS.workdir}/summary.json')
   return 0
 
 
@@ -163,6 +169,8 @@ def main(command: Callable[[list[str]], int]) -> None:
     if not FLAGS['verbosity'].present:  # Orbax logs every save at INFO.
       logging.set_verbosity(logging.WARNING)
     try:
+      distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                             FLAGS.process_id)
       sys.exit(command(argv))
     except UsageError as e:
       print(e.line(), file=sys.stderr)

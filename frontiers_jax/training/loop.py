@@ -220,10 +220,13 @@ def run_training(run: Run) -> dict:
 
   history = log.history()
   figures = []
+  # Process 0 draws alone, so from a host copy: a computation on global
+  # arrays must be run by every process.
+  host_state = jax.device_get(jax.jit(lambda s: s, out_shardings=replicated)(state))
   if lead:
     fig_dir = os.path.join(workdir, 'figures')
     os.makedirs(fig_dir, exist_ok=True)
-    figures = workload.figures(state, run.data, history, fig_dir)
+    figures = workload.figures(host_state, run.data, history, fig_dir)
   summary = make_summary(config, history, time.time() - start_time,
                          first_step, steady_times, figures, speed)
   if lead:
@@ -246,7 +249,7 @@ class _Speed:
     flops = perf.step_flops(train_step, state, pending, batch, jnp.int32(0))
     self.flops_per_step = flops and flops * self.spec.loop_iterations
     self.peak_per_device = perf.matmul_peak(self.spec.compute_dtype,
-                                            mesh.devices.flat[0])
+                                            mesh.local_devices[0])
 
   def metrics(self, seconds_per_step: float) -> dict[str, float]:
     out = {'perf/steps_per_s': 1 / seconds_per_step,
@@ -331,7 +334,7 @@ def _check_finite_state(state, step: int) -> None:
 
 def _checkpoint_item(state, pending, pending_steps: int) -> dict:
   return {'state': state, 'pending': pending,
-          'pending_steps': jnp.asarray(pending_steps, jnp.int32)}
+          'pending_steps': np.asarray(pending_steps, np.int32)}  # saved by process 0
 
 
 def _catch_sigterm():

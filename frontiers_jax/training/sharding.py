@@ -15,8 +15,12 @@ DATA_AXIS = 'data'
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:
-  """A mesh over all devices (0) or, in a single process, the first n."""
-  available = jax.devices()
+  """A mesh over all devices (0) or, in a single process, the first n.
+
+  Devices are ordered by process, so that process i holds the i-th block of
+  every batch: the rows `frontiers_jax.data.pipeline` gives it.
+  """
+  available = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
   if num_devices:
     check(num_devices <= len(available), 'config.num_devices',
           f'{num_devices} devices asked for, {len(available)} present',
