@@ -37,8 +37,45 @@ def max_pool_2x2(x_BxHxWxC: jax.Array) -> jax.Array:
   return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
+def conv3x3_as_matmul(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                      rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                      precision=None, preferred_element_type=None):
+  """A 3x3, stride-1, 'SAME' convolution (NHWC input, HWIO kernel) as one matmul.
+
+  The nine shifted copies of the zero-padded input are concatenated on the
+  channel axis ([B, H, W, 9 * C], "im2col") and multiplied by the kernel
+  reshaped to [9 * C, F]. Same values as `lax.conv_general_dilated`; it has
+  the signature `nn.Conv` expects of its `conv_general_dilated`. Worth it for
+  few input channels only (the copies cost 9x the input's memory): on
+  XLA:CPU a convolution from one channel and its kernel gradient were slower
+  than this matmul and its transpose (see `SmallCNN`).
+  """
+  ones = lambda dilation: dilation is None or tuple(dilation) == (1, 1)
+  simple = (tuple(window_strides) == (1, 1) and padding == 'SAME' and rhs.shape[:2] == (3, 3)
+            and ones(lhs_dilation) and ones(rhs_dilation) and feature_group_count == 1
+            and tuple(dimension_numbers.lhs_spec) == (0, 3, 1, 2)
+            and tuple(dimension_numbers.rhs_spec) == (3, 2, 0, 1))
+  if not simple:
+    raise ValueError('conv3x3_as_matmul computes 3x3, stride-1, SAME, NHWC convolutions only')
+  b, h, w, c = lhs.shape
+  padded = jnp.pad(lhs, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  columns = jnp.concatenate([padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3)],
+                            axis=-1)
+  out = jnp.dot(columns.reshape(b * h * w, 9 * c), rhs.reshape(9 * c, -1), precision=precision,
+                preferred_element_type=preferred_element_type)
+  return out.reshape(b, h, w, -1)
+
+
 class SmallCNN(nn.Module):
-  """[conv3x3-ReLU-maxpool2] per feature size, then Dense-ReLU and a readout."""
+  """[conv3x3-maxpool2-ReLU] per feature size, then Dense-ReLU and a readout.
+
+  Pooling comes before the ReLU: both take maxima, so the order does not
+  change a value (relu(max(a, b)) == max(relu(a), relu(b))), and the ReLU and
+  its gradient then touch a quarter of the values. A convolution from fewer
+  than 4 channels (the first, on grey or RGB images) runs as one matmul
+  (`conv3x3_as_matmul`). Both measured on XLA:CPU, batch 128 of MNIST: the
+  train step 64 -> 48 ms (pooling first), then -> 41 ms (the matmul).
+  """
   features: Sequence[int] = (32, 64)
   dense: int = 256
   num_outputs: int = 10
@@ -47,7 +84,8 @@ class SmallCNN(nn.Module):
   def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
     x = x_BxHxWxC
     for f in self.features:
-      x = max_pool_2x2(nn.relu(nn.Conv(f, (3, 3), padding='SAME')(x)))
+      conv = conv3x3_as_matmul if x.shape[-1] < 4 else jax.lax.conv_general_dilated
+      x = nn.relu(max_pool_2x2(nn.Conv(f, (3, 3), padding='SAME', conv_general_dilated=conv)(x)))
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(self.dense)(x))
     return nn.Dense(self.num_outputs)(x)

@@ -69,7 +69,7 @@ class TorchSmallCNN(torch.nn.Module):
     """Logits [B, num_outputs] of NHWC images, as `SmallCNN.__call__`."""
     x = x_BxHxWxC.permute(0, 3, 1, 2)  # NCHW for Conv2d
     for conv in self.convs:
-      x = F.max_pool2d(F.relu(conv(x)), 2)  # floor mode: odd edges cropped
+      x = F.relu(F.max_pool2d(conv(x), 2))  # floor mode: odd edges cropped
     x = x.permute(0, 2, 3, 1).flatten(1)  # flatten in flax's (h, w, c) order
     return self.readout(F.relu(self.hidden(x)))
 
