@@ -13,15 +13,17 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from frontiers_jax.errors import UsageError
+from frontiers_jax.training.logs import is_remote
 
 
 class Checkpoints:
   """A thin, restore-with-fallback wrapper over `ocp.CheckpointManager`."""
 
   def __init__(self, directory: str, keep: int):
-    self.directory = os.path.abspath(directory)
+    self.directory = directory if is_remote(directory) else os.path.abspath(directory)
     self.keep = keep
     self._manager = self._open()
 
@@ -68,14 +70,14 @@ class Checkpoints:
     """Renames unreadable steps so that new saves can reuse their numbers."""
     if not steps or jax.process_index() != 0:
       return
+    root = epath.Path(self.directory)
     for step in steps:
-      source = os.path.join(self.directory, str(step))
-      target = os.path.join(self.directory, f'corrupt_{step}')
+      target = root / f'corrupt_{step}'
       suffix = 0
-      while os.path.exists(target):
+      while target.exists():
         suffix += 1
-        target = os.path.join(self.directory, f'corrupt_{step}.{suffix}')
-      os.rename(source, target)
+        target = root / f'corrupt_{step}.{suffix}'
+      (root / str(step)).rename(target)
     self._manager.reload()
 
   def close(self) -> None:

@@ -3,7 +3,8 @@
 `metrics.jsonl` holds one JSON object per logged step, `{"step": s, "train/loss":
 ..., "eval/accuracy": ...}`, and nothing that depends on timing, so that a
 resumed run reproduces it exactly. Speeds go to TensorBoard and the console.
-Only process 0 writes.
+Only process 0 writes. A workdir may be a bucket (gs://...): files go through
+`etils.epath` (with gcsfs), as Orbax's do.
 """
 
 import datetime
@@ -14,13 +15,19 @@ import sys
 from typing import Any
 
 import jax
+from etils import epath
+
+
+def is_remote(path) -> bool:
+  """A URL such as gs://bucket/run rather than a local path."""
+  return '://' in os.fspath(path)
 
 
 class MetricsLog:
   """Appends per-step metric records; rewinds to a checkpoint on resume."""
 
   def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = epath.Path(workdir) / 'metrics.jsonl'
     self.writes = jax.process_index() == 0
     self._tensorboard = None
     if self.writes:
@@ -30,40 +37,41 @@ class MetricsLog:
 
   def rewind(self, step: int) -> None:
     """Drops records after `step`: they are written again by the resumed run."""
-    if not self.writes or not os.path.exists(self.path):
+    if not self.writes or not self.path.exists():
       return
     kept = [r for r in self.history() if r['step'] <= step]
-    tmp = self.path + '.tmp'
-    with open(tmp, 'w') as f:
-      for record in kept:
-        f.write(json.dumps(record) + '\n')
-    os.replace(tmp, self.path)
+    tmp = self.path.with_name(self.path.name + '.tmp')
+    tmp.write_text(''.join(json.dumps(record) + '\n' for record in kept))
+    tmp.replace(self.path)
 
   def write(self, step: int, metrics: dict[str, float],
             speeds: dict[str, float] | None = None) -> None:
     if not self.writes:
       return
-    with open(self.path, 'a') as f:
-      f.write(json.dumps({'step': step, **metrics}) + '\n')
+    line = json.dumps({'step': step, **metrics}) + '\n'
+    if is_remote(self.path):  # A cloud object cannot be appended to: rewrite it.
+      self.path.write_text((self.path.read_text() if self.path.exists() else '') + line)
+    else:
+      with open(self.path, 'a') as f:
+        f.write(line)
     for key, value in {**metrics, **(speeds or {})}.items():
       self._tensorboard.add_scalar(key, value, step)
     self._tensorboard.flush()
 
   def history(self) -> list[dict[str, Any]]:
-    return read_history(os.path.dirname(self.path))
+    return read_history(self.path.parent)
 
   def close(self) -> None:
     if self._tensorboard is not None:
       self._tensorboard.close()
 
 
-def read_history(workdir: str) -> list[dict[str, Any]]:
+def read_history(workdir) -> list[dict[str, Any]]:
   """The records of `workdir/metrics.jsonl`, oldest first."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / 'metrics.jsonl'
+  if not path.exists():
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def progress_line(name: str, step: int, num_steps: int, metrics: dict[str, float],

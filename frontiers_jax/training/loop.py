@@ -22,6 +22,7 @@ import math
 import os
 import platform
 import signal
+import tempfile
 import threading
 import time
 from typing import Any
@@ -34,6 +35,7 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint
+from etils import epath
 
 from frontiers_jax import config as config_lib
 from frontiers_jax import workloads
@@ -84,9 +86,12 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
 
 
 def check_workdir(workdir: str) -> None:
-  """Proves `workdir` can be created and written, without creating it."""
+  """Proves `workdir` can be created and written, without creating it.
+  A bucket (gs://...) is checked by the first write."""
   if not workdir:
     raise UsageError('workdir', 'not given', 'pass --workdir=DIR')
+  if logs.is_remote(workdir):
+    return
   path = os.path.abspath(workdir)
   while not os.path.exists(path):  # The nearest existing ancestor decides.
     path = os.path.dirname(path)
@@ -124,7 +129,7 @@ def restore_trained(run: Run):
   _, state, _, metric_zeros = _fresh_state(run)
   pending = jax.device_put(metric_zeros, sharding.replicated(run.mesh))
   directory = os.path.join(run.workdir, 'checkpoints')
-  if not os.path.isdir(directory):
+  if not epath.Path(directory).is_dir():
     raise UsageError('workdir', f'no checkpoints in {run.workdir}',
                      'train first with launch/train.py --workdir=' + run.workdir)
   ckpt = checkpoints_lib.Checkpoints(directory, run.config.keep_checkpoints)
@@ -142,10 +147,9 @@ def run_training(run: Run) -> dict:
   config, workload, mesh, workdir = run.config, run.workload, run.mesh, run.workdir
   start_time = time.time()
   lead = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   if lead:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config_lib.to_json(config))
+    (epath.Path(workdir) / 'config.json').write_text(config_lib.to_json(config))
 
   batches, state, example, metric_zeros = _fresh_state(run)
   replicated = sharding.replicated(mesh)
@@ -224,15 +228,26 @@ def run_training(run: Run) -> dict:
   # arrays must be run by every process.
   host_state = jax.device_get(jax.jit(lambda s: s, out_shardings=replicated)(state))
   if lead:
-    fig_dir = os.path.join(workdir, 'figures')
-    os.makedirs(fig_dir, exist_ok=True)
-    figures = workload.figures(host_state, run.data, history, fig_dir)
+    figures = _draw_figures(workload, host_state, run.data, history,
+                            os.path.join(workdir, 'figures'))
   summary = make_summary(config, history, time.time() - start_time,
                          first_step, steady_times, figures, speed)
   if lead:
-    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-      json.dump(summary, f, indent=2)
+    (epath.Path(workdir) / 'summary.json').write_text(json.dumps(summary, indent=2))
   return summary
+
+
+def _draw_figures(workload, state, data, history, fig_dir: str) -> list[str]:
+  """The workload's figures in `fig_dir`; for a bucket, drawn in a local
+  folder (matplotlib writes local files) and copied."""
+  if not logs.is_remote(fig_dir):
+    os.makedirs(fig_dir, exist_ok=True)
+    return workload.figures(state, data, history, fig_dir)
+  with tempfile.TemporaryDirectory() as local:
+    paths = workload.figures(state, data, history, local)
+    for name in os.listdir(local):
+      epath.Path(local, name).copy(epath.Path(fig_dir) / name, overwrite=True)
+  return [os.path.join(fig_dir, os.path.basename(path)) for path in paths]
 
 
 class _Speed:
