@@ -26,15 +26,17 @@ class MLP(nn.Module):
 
 
 def max_pool_2x2(x_BxHxWxC: jax.Array) -> jax.Array:
-  """2x2 max pooling by reshape and max (odd edges are cropped).
+  """2x2 max pooling as the maximum of four strided views (odd edges are cropped).
 
-  Same values as `nn.max_pool(x, (2, 2), (2, 2))`, but its gradient is a plain
-  broadcast compare instead of XLA's select-and-scatter, which is several
-  times slower on CPU.
+  Same values as `nn.max_pool(x, (2, 2), (2, 2))`, but its gradient is made of
+  elementwise selects instead of XLA's select-and-scatter, which is several
+  times slower on CPU (a tie splits the gradient evenly between the tied
+  inputs).
   """
   b, h, w, c = x_BxHxWxC.shape
-  x = x_BxHxWxC[:, :h // 2 * 2, :w // 2 * 2]
-  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+  x = x_BxHxWxC[:, :h // 2 * 2, :w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)
+  return jnp.maximum(jnp.maximum(x[:, :, 0, :, 0], x[:, :, 0, :, 1]),
+                     jnp.maximum(x[:, :, 1, :, 0], x[:, :, 1, :, 1]))
 
 
 def conv3x3_as_matmul(lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -73,8 +75,10 @@ class SmallCNN(nn.Module):
   change a value (relu(max(a, b)) == max(relu(a), relu(b))), and the ReLU and
   its gradient then touch a quarter of the values. A convolution from fewer
   than 4 channels (the first, on grey or RGB images) runs as one matmul
-  (`conv3x3_as_matmul`). Both measured on XLA:CPU, batch 128 of MNIST: the
-  train step 64 -> 48 ms (pooling first), then -> 41 ms (the matmul).
+  (`conv3x3_as_matmul`). Measured on XLA:CPU (2 cores), batch 128 of MNIST,
+  median of 40 interleaved rounds: the Adam step 41.8 ms as conv-ReLU-pool
+  with a reshape-and-max pool, 39.6 ms pooling first with the four-view
+  maximum, 35.6 ms with the first conv as a matmul too.
   """
   features: Sequence[int] = (32, 64)
   dense: int = 256

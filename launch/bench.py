@@ -13,8 +13,8 @@ import os
 from absl import flags
 
 from frontiers_jax import cli
+from frontiers_jax.bench import ROWS
 
-ROWS = ('cnn_train', 'pgd10', 'unet_train', 'ddim50', 'gpt_train_0.8M', 'gpt_train_10M')
 flags.DEFINE_list('workloads', list(ROWS), f'rows to run, of: {", ".join(ROWS)}')
 flags.DEFINE_bool('quick', False, 'fewer timed rounds (make bench)')
 flags.DEFINE_string('out', 'bench.json', 'where to write the results')

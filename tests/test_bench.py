@@ -4,6 +4,7 @@ import pytest
 
 torch = pytest.importorskip('torch', reason='the benchmark needs torch (pip install -e .[bench])')
 
+from frontiers_jax import bench  # noqa: E402
 from frontiers_jax.bench import harness  # noqa: E402
 from conftest import CONFIGS  # noqa: E402
 
@@ -35,6 +36,7 @@ def test_torch_matmul_peak_is_a_plausible_rate():
 def test_rows_build_and_their_jax_and_eager_runners_run():
   from frontiers_jax.bench import run
   build = run.builders(CONFIGS)
+  assert list(build) == list(bench.ROWS)  # launch/bench.py's default: every row
   assert set(build) == {'cnn_train', 'pgd10', 'unet_train', 'ddim50', 'gpt_train_0.8M',
                         'gpt_train_10M', 'gpt_decode_b1', 'gpt_decode_b8'}
   row = build['cnn_train']()
