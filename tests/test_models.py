@@ -69,23 +69,25 @@ class PoolTest(chex.TestCase):
     np.testing.assert_array_equal(grad[0, ..., 0], want)
 
 
+@pytest.mark.parametrize('fn', [models.conv3x3_as_matmul, models.conv3x3_hwio_backward])
 @pytest.mark.parametrize('channels', [1, 3, 5])
-def test_conv3x3_as_matmul_equals_the_convolution(channels):
+def test_conv3x3_variants_equal_the_convolution(fn, channels):
   x = jax.random.normal(jax.random.key(0), (2, 7, 6, channels))
   conv = lambda fn: nn.Conv(4, (3, 3), padding='SAME', conv_general_dilated=fn)
   params = conv(jax.lax.conv_general_dilated).init(jax.random.key(1), x)
   want = conv(jax.lax.conv_general_dilated).apply(params, x)
-  np.testing.assert_allclose(conv(models.conv3x3_as_matmul).apply(params, x), want,
-                             rtol=1e-5, atol=1e-5)
-  grads = [jax.grad(lambda p: jnp.sum(conv(fn).apply(p, x) ** 2))(params)
-           for fn in (models.conv3x3_as_matmul, jax.lax.conv_general_dilated)]
-  chex.assert_trees_all_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(conv(fn).apply(params, x), want, rtol=1e-5, atol=1e-5)
+  # Gradients with respect to the parameters and to the input.
+  loss = lambda fn: lambda p, x: jnp.sum(conv(fn).apply(p, x) ** 2)
+  got, expected = (jax.grad(loss(f), argnums=(0, 1))(params, x)
+                   for f in (fn, jax.lax.conv_general_dilated))
+  chex.assert_trees_all_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_conv3x3_as_matmul_refuses_other_convolutions():
+@pytest.mark.parametrize('fn', [models.conv3x3_as_matmul, models.conv3x3_hwio_backward])
+def test_conv3x3_variants_refuse_other_convolutions(fn):
   x = jnp.ones((1, 8, 8, 1))
   with pytest.raises(ValueError, match='3x3, stride-1, SAME'):
-    nn.Conv(4, (3, 3), strides=2, conv_general_dilated=models.conv3x3_as_matmul).init(
-        jax.random.key(0), x)
+    nn.Conv(4, (3, 3), strides=2, conv_general_dilated=fn).init(jax.random.key(0), x)
   with pytest.raises(ValueError, match='3x3, stride-1, SAME'):
-    nn.Conv(4, (5, 5), conv_general_dilated=models.conv3x3_as_matmul).init(jax.random.key(0), x)
+    nn.Conv(4, (5, 5), conv_general_dilated=fn).init(jax.random.key(0), x)
