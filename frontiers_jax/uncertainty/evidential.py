@@ -22,7 +22,7 @@ Classification (Sensoy et al. 2018, "Evidential Deep Learning to Quantify
 Classification Uncertainty"). The network outputs non-negative evidence e_k per
 class; alpha = e + 1 parametrizes a Dirichlet over class probabilities, with
 expected probabilities alpha / S and uncertainty mass u = K / S, S = sum_k
-alpha_k (section 3, eq. 1). The losses are Bayes risks under that Dirichlet
+alpha_k (section 3). The losses are Bayes risks under that Dirichlet
 (section 4, eq. 4 and 5) plus an annealed KL to the uniform Dirichlet on the
 evidence given to wrong classes.
 
@@ -50,7 +50,7 @@ class NIG(NamedTuple):
 
 
 def nig_head(raw_x4: jax.Array, floor: float = NIG_FLOOR) -> NIG:
-  """Maps raw outputs [..., 4] to NIG parameters (Amini et al. 2020, section 3.1).
+  """Maps raw outputs [..., 4] to NIG parameters (Amini et al. 2020).
 
   gamma is the raw output itself; nu, alpha - 1 and beta are softplus of theirs
   plus `floor`. The floor keeps the NLL finite: softplus(-1e4) is exactly 0 in
@@ -67,9 +67,9 @@ def nig_head(raw_x4: jax.Array, floor: float = NIG_FLOOR) -> NIG:
 def log_gamma_ratio(a: jax.Array) -> jax.Array:
   """log Gamma(a + 1/2) - log Gamma(a), for a >= 1, accurate in float32.
 
-  Subtracting two lgamma values cancels catastrophically for large a (in
-  float32 at a = 1e6 the difference of the two ~1.3e7 values comes out as 0
-  instead of 6.9), and so does the gradient psi(a + 1/2) - psi(a). For a >= 3
+  Subtracting two lgamma values cancels catastrophically for large a: in
+  float32, jax gives 6.0 instead of 6.91 at a = 1e6 and 0 at a = 1e7, and the
+  gradient psi(a + 1/2) - psi(a) is 0 instead of 5e-7 at a = 1e6. For a >= 3
   we use the asymptotic series (from Stirling's series of both terms)
 
     1/2 log a - 1/(8a) + 1/(192 a^3) - 1/(640 a^5) + 17/(14336 a^7),
@@ -162,7 +162,7 @@ def dirichlet_probs(alpha_xK: jax.Array) -> jax.Array:
 
 
 def dirichlet_uncertainty(alpha_xK: jax.Array) -> jax.Array:
-  """Uncertainty mass u = K / S in (0, 1], [...] (Sensoy et al. 2018, eq. 1):
+  """Uncertainty mass u = K / S in (0, 1], [...] (Sensoy et al. 2018, section 3):
   1 when there is no evidence at all, towards 0 as evidence grows."""
   return alpha_xK.shape[-1] / jnp.sum(alpha_xK, axis=-1)
 
