@@ -97,7 +97,8 @@ def nig_nll(nig: NIG, y: jax.Array) -> jax.Array:
           + (alpha + 1/2) log(nu (y - gamma)^2 + Omega)
           + log Gamma(alpha) - log Gamma(alpha + 1/2).
 
-  Rearranged so that no large terms cancel and nothing overflows:
+  Rearranged so that no large terms cancel, and nothing overflows before
+  (y - gamma)^2 itself does (|y - gamma| > 1.8e19 in float32):
   -alpha log Omega + (alpha + 1/2) log(nu r^2 + Omega) equals
   1/2 log Omega + (alpha + 1/2) log1p(q) with q = nu r^2 / Omega, and
   1/2 log(pi / nu) + 1/2 log Omega = 1/2 log(2 pi beta (1 + 1/nu)). So
@@ -105,7 +106,7 @@ def nig_nll(nig: NIG, y: jax.Array) -> jax.Array:
     NLL = 1/2 [log(2 pi) + log beta + log1p(1 / nu)]
           + (alpha + 1/2) log1p(q) - [log Gamma(alpha + 1/2) - log Gamma(alpha)],
 
-  which is the Student-t log-density with df = 2 alpha and df scale^2 = Omega / nu.
+  minus the Student-t log-density with df = 2 alpha and df * scale^2 = Omega / nu.
   """
   q = (y - nig.gamma)**2 / (2 * nig.beta * (1 + 1 / nig.nu))
   return (0.5 * (jnp.log(2 * jnp.pi) + jnp.log(nig.beta) + jnp.log1p(1 / nig.nu))
@@ -114,9 +115,9 @@ def nig_nll(nig: NIG, y: jax.Array) -> jax.Array:
 
 def nig_regularizer(nig: NIG, y: jax.Array) -> jax.Array:
   """Evidence regularizer |y - gamma| (2 nu + alpha), shape [...] (Amini et al.
-  2020, eq. 9): the error scaled by the total evidence, so that wrong
-  predictions are pushed towards low evidence (high uncertainty) instead of
-  being fitted by shrinking beta."""
+  2020, eq. 9): the error scaled by the total evidence. The NLL alone does not
+  lower the evidence on a wrong prediction; this term does, so errors come
+  with high uncertainty."""
   return jnp.abs(y - nig.gamma) * (2 * nig.nu + nig.alpha)
 
 
