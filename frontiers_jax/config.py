@@ -19,6 +19,8 @@ from frontiers_jax.errors import UsageError, check
 
 OPTIMIZERS = ('adam', 'adamw', 'sgd', 'momentum')
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
+# `model.dtype`, the compute precision; parameters and optimizer state stay float32.
+DTYPES = ('float32', 'bfloat16')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -35,6 +37,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2
   c.num_devices = 0           # 0: all devices; n: the first n (one process)
   c.quiet = False             # no progress lines on the console
+
+  # The devices form a data x fsdp mesh (frontiers_jax.training.sharding).
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.fsdp = 1             # fsdp axis size: parameters and optimizer state
+                              # split over it; 1: pure data parallel
+  c.mesh.fsdp_min_size = 1024  # arrays with fewer elements stay replicated
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = 'adam'
@@ -74,6 +82,7 @@ def classifier_config(name: str = 'mlp') -> ml_collections.ConfigDict:
   m.dense = 256              # cnn
   m.stage_sizes = (2, 2, 2)  # resnet
   m.width = 32               # resnet
+  m.dtype = 'float32'        # compute dtype; 'bfloat16' keeps float32 parameters
   return m
 
 
@@ -245,6 +254,14 @@ def check_choice(config, key: str, allowed: Sequence[str]) -> None:
         f'allowed: {", ".join(allowed)}')
 
 
+def check_dtype(config) -> None:
+  """`config.model.dtype` must name a compute dtype (absent in the configs
+  of runs saved before the key existed: float32)."""
+  value = config.model.get('dtype', 'float32')
+  check(value in DTYPES, 'config.model.dtype', f'unknown value {value!r}',
+        f'allowed: {", ".join(DTYPES)}')
+
+
 def check_range(config, key: str, low: float, high: float) -> None:
   value = _get(config, key)
   check(low <= value <= high, f'config.{key}', f'{value} is out of range',
@@ -276,6 +293,9 @@ def validate_common(config: ml_collections.ConfigDict, num_devices: int) -> None
         or config.optim.warmup_steps < config.num_steps, 'config.optim.warmup_steps',
         f'{config.optim.warmup_steps} is not below num_steps {config.num_steps}',
         'give fewer warm-up steps than num_steps')
+  fsdp_min_size = config.mesh.fsdp_min_size if 'mesh' in config else 0
+  check(fsdp_min_size >= 0, 'config.mesh.fsdp_min_size', f'{fsdp_min_size} is not allowed',
+        'give 0 (split every array that divides) or more')
   for key in ('weight_decay', 'clip_norm'):
     value = config.optim[key]
     check(value >= 0, f'config.optim.{key}', f'{value} is not allowed',

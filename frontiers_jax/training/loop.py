@@ -3,7 +3,8 @@
 It knows no workload. In order:
   1. check everything the user gave (config, devices, workdir, data files)
      before writing or compiling anything;
-  2. build the mesh, the train state (replicated) and the jitted steps;
+  2. build the mesh, the train state (replicated, or split over the `fsdp`
+     mesh axis: `frontiers_jax.training.sharding`) and the jitted steps;
   3. resume from the newest good checkpoint in `workdir/checkpoints`;
   4. loop: batch(step) -> train_step; log, evaluate and checkpoint on schedule;
   5. write figures and `summary.json`.
@@ -76,7 +77,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
   Raises `UsageError` on bad input: nothing is compiled or written before.
   """
   workload = workloads.create(config)
-  mesh = sharding.make_mesh(config.num_devices)
+  mesh = sharding.make_mesh(config.num_devices, sharding.fsdp_settings(config)[0])
   config_lib.validate_common(config, mesh.size)
   workload.validate()
   data = workload.load_data()
@@ -109,20 +110,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _fresh_state(run: Run):
-  """The batch source, a freshly initialized replicated state, the first batch
-  and zeros shaped like the train metrics: the structure a restore fills."""
+  """The batch source, a freshly initialized state, the first batch and zeros
+  shaped like the train metrics: the structure a restore fills.
+
+  The state is created where it lives: each array is initialized directly in
+  its shards (`sharding.state_shardings`), never whole on one device first.
+  """
   batches = run.workload.train_batches(run.data, run.config.batch_size,
                                        run.config.seed, jax.process_index(),
                                        jax.process_count())
   example = sharding.shard_batch(run.mesh, batches(0))
   init_key = jax.random.fold_in(jax.random.key(run.config.seed), _INIT_STREAM)
-  state = jax.jit(run.workload.create_state,
-                  out_shardings=sharding.replicated(run.mesh))(init_key, example)
+  abstract = jax.eval_shape(run.workload.create_state, init_key, example)
+  shardings = sharding.state_shardings(run.mesh, abstract,
+                                       sharding.fsdp_settings(run.config)[1])
+  # Leaves in and out: each call of `create_state` builds its own optimizer,
+  # and a TrainState's treedef holds it, so two calls' treedefs never match.
+  init = jax.jit(lambda key, batch: jax.tree.leaves(run.workload.create_state(key, batch)),
+                 out_shardings=jax.tree.leaves(shardings))
+  state = jax.tree.unflatten(jax.tree.structure(abstract), init(init_key, example))
   return batches, state, example, zero_metrics(run.workload, state, example)
 
 
 def restore_trained(run: Run):
-  """The train state of the newest good checkpoint in `run.workdir`.
+  """The train state of the newest good checkpoint in `run.workdir`, sharded
+  as training shards it (`config.mesh`).
 
   Raises `UsageError` when the workdir holds no checkpoint.
   """
@@ -154,8 +166,15 @@ def run_training(run: Run) -> dict:
   batches, state, example, metric_zeros = _fresh_state(run)
   replicated = sharding.replicated(mesh)
   train_key = jax.random.fold_in(jax.random.key(config.seed), _TRAIN_STREAM)
-  train_step = make_train_step(workload, train_key, replicated)
+  train_step = make_train_step(workload, train_key, replicated,
+                               jax.tree.map(lambda x: x.sharding, state))
   pending = jax.device_put(metric_zeros, replicated)
+  # Compiled here, before the first step, for XLA's memory analysis; the
+  # first call of `train_step` finds this executable in JAX's caches.
+  step_memory = sharding.step_memory(
+      train_step.lower(state, pending, example, jnp.int32(0)).compile())
+  memory_line, memory = sharding.describe_memory(mesh, state, step_memory)
+  _say(config, f'[{workload.name}] {memory_line}')
   speed = _Speed(workload, config.batch_size, mesh.size)
   if speed.spec is not None:
     speed.measure(train_step, mesh, state, pending, example)
@@ -231,7 +250,7 @@ def run_training(run: Run) -> dict:
     figures = _draw_figures(workload, host_state, run.data, history,
                             os.path.join(workdir, 'figures'))
   summary = make_summary(config, history, time.time() - start_time,
-                         first_step, steady_times, figures, speed)
+                         first_step, steady_times, figures, speed, memory)
   if lead:
     (epath.Path(workdir) / 'summary.json').write_text(json.dumps(summary, indent=2))
   return summary
@@ -277,19 +296,25 @@ class _Speed:
     return out
 
 
-def make_train_step(workload, train_key: jax.Array, replicated):
+def make_train_step(workload, train_key: jax.Array, replicated, state_shardings=None):
   """Jits `workload.train_step` once, adding the metric sums and derived key.
 
-  The state and the metric sums are donated: updated in place on device.
+  The state keeps `state_shardings` (default: replicated) in and out, so XLA
+  gathers FSDP-split parameters inside the step and reduce-scatters their
+  gradients; the batch is split over every device. The state and the metric
+  sums are donated: updated in place on device.
   """
+  state_shardings = replicated if state_shardings is None else state_shardings
+  batch = sharding.batch_sharding(replicated.mesh)
+
   def step_fn(state, pending, batch, step):
     rng = jax.random.fold_in(train_key, step)
     state, metrics = workload.train_step(state, batch, rng)
     pending = jax.tree.map(lambda s, m: s + m.astype(jnp.float32), pending, metrics)
     return state, pending
 
-  return jax.jit(step_fn, out_shardings=(replicated, replicated),
-                 donate_argnums=(0, 1))
+  return jax.jit(step_fn, in_shardings=(state_shardings, replicated, batch, replicated),
+                 out_shardings=(state_shardings, replicated), donate_argnums=(0, 1))
 
 
 def zero_metrics(workload, state, batch) -> dict[str, np.ndarray]:
@@ -364,7 +389,7 @@ def _catch_sigterm():
 
 
 def make_summary(config, history, wall_time_s, first_step, steady_times,
-                 figures, speed: _Speed | None = None) -> dict:
+                 figures, speed: _Speed | None = None, memory: dict | None = None) -> dict:
   final = {}
   for record in history:
     final.update({k: v for k, v in record.items() if k != 'step'})
@@ -387,6 +412,7 @@ def make_summary(config, history, wall_time_s, first_step, steady_times,
                   'count': len(devices), 'used': config.num_devices or len(devices),
                   'process_count': jax.process_count()},
       'figures': [os.path.basename(p) for p in figures],
+      **({'mesh_memory': memory} if memory else {}),
   }
 
 
