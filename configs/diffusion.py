@@ -35,6 +35,7 @@ def get_config(arg=None):
   c.model.num_heads = 4
   c.model.dropout = 0.1
   c.model.num_groups = 8
+  c.model.dtype = 'float32'           # compute dtype; 'bfloat16' keeps float32 parameters
 
   # Figures at the end of training, and the defaults of launch/sample.py.
   c.sample = ml_collections.ConfigDict()

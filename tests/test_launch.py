@@ -156,6 +156,13 @@ BAD_INPUT = {
         [GENERALIZATION, WORKDIR, '--config.batch_size=12'],
         'config.batch_size: 12 is not divisible by the 8 devices',
         'give a multiple of 8'),
+    'fsdp_not_dividing_the_devices': (
+        [GENERALIZATION, WORKDIR, '--config.mesh.fsdp=3'],
+        'config.mesh.fsdp: 3 does not divide the 8 devices',
+        'give 1 (data parallel) or another divisor of 8: 1, 2, 4, 8'),
+    'unknown_compute_dtype': (
+        ['--config=configs/diffusion.py:tiny', WORKDIR, '--config.model.dtype=float16'],
+        "config.model.dtype: unknown value 'float16'", 'allowed: float32, bfloat16'),
     'unknown_dataset': (
         [GENERALIZATION, WORKDIR, '--config.data.name=imagenet'],
         "config.data.name: unknown value 'imagenet'", 'digits, mnist,'),

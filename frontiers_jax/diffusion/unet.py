@@ -27,14 +27,21 @@ Upsampling is resize-then-conv, never a transposed conv (slow on XLA:CPU, and
 prone to checkerboard artefacts, Odena et al. 2016). Resizing to the skip's own
 shape lets odd sizes round-trip: 28 -> 14 -> 7 -> 14 -> 28, 7 -> 4 -> 7.
 GroupNorm (not BatchNorm) keeps each example's output independent of the batch.
+
+Parameters are float32; `dtype` sets the compute precision (with bfloat16,
+convolutions, dense layers and attention run in bfloat16, GroupNorm keeps its
+statistics in float32, the step embedding's sines are computed in float32);
+the output is float32, so the squared error is computed in float32.
 """
 
 import math
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from frontiers_jax.models import compute_dtype
 
 zeros = nn.initializers.zeros
 
@@ -56,10 +63,10 @@ def timestep_embedding(t_B: jax.Array, dim: int, max_period: float = 10000.) -> 
   return emb_BxD
 
 
-def group_norm(channels: int, num_groups: int) -> nn.GroupNorm:
+def group_norm(channels: int, num_groups: int, dtype: Any = jnp.float32) -> nn.GroupNorm:
   """GroupNorm with the largest group count <= num_groups that divides channels."""
   groups = max(g for g in range(1, min(num_groups, channels) + 1) if channels % g == 0)
-  return nn.GroupNorm(num_groups=groups)
+  return nn.GroupNorm(num_groups=groups, dtype=dtype)
 
 
 class ResBlock(nn.Module):
@@ -67,18 +74,20 @@ class ResBlock(nn.Module):
   features: int
   num_groups: int = 8
   dropout: float = 0.0
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_BxHxWxC, emb_BxE, train: bool):
-    h = nn.silu(group_norm(x_BxHxWxC.shape[-1], self.num_groups)(x_BxHxWxC))
-    h = nn.Conv(self.features, (3, 3), padding='SAME')(h)
-    h = h + nn.Dense(self.features)(nn.silu(emb_BxE))[:, None, None, :]
-    h = nn.silu(group_norm(self.features, self.num_groups)(h))
+    dt = self.dtype
+    h = nn.silu(group_norm(x_BxHxWxC.shape[-1], self.num_groups, dt)(x_BxHxWxC))
+    h = nn.Conv(self.features, (3, 3), padding='SAME', dtype=dt)(h)
+    h = h + nn.Dense(self.features, dtype=dt)(nn.silu(emb_BxE))[:, None, None, :]
+    h = nn.silu(group_norm(self.features, self.num_groups, dt)(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    h = nn.Conv(self.features, (3, 3), padding='SAME', kernel_init=zeros)(h)
+    h = nn.Conv(self.features, (3, 3), padding='SAME', kernel_init=zeros, dtype=dt)(h)
     shortcut = x_BxHxWxC
     if x_BxHxWxC.shape[-1] != self.features:
-      shortcut = nn.Conv(self.features, (1, 1))(x_BxHxWxC)
+      shortcut = nn.Conv(self.features, (1, 1), dtype=dt)(x_BxHxWxC)
     return shortcut + h
 
 
@@ -89,17 +98,21 @@ class AttentionBlock(nn.Module):
   """
   num_heads: int = 4
   num_groups: int = 8
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_BxHxWxC):
     b, height, width, c = x_BxHxWxC.shape
     if c % self.num_heads:
       raise ValueError(f'{c} channels do not split into {self.num_heads} heads')
-    h_BxNxC = group_norm(c, self.num_groups)(x_BxHxWxC).reshape(b, height * width, c)
-    qkv_BxNx3xKxD = nn.Dense(3 * c)(h_BxNxC).reshape(b, height * width, 3, self.num_heads, -1)
+    h_BxNxC = group_norm(c, self.num_groups, self.dtype)(x_BxHxWxC).reshape(
+        b, height * width, c)
+    qkv_BxNx3xKxD = nn.Dense(3 * c, dtype=self.dtype)(h_BxNxC).reshape(
+        b, height * width, 3, self.num_heads, -1)
     q, k, v = (qkv_BxNx3xKxD[:, :, i] for i in range(3))
     out_BxNxKxD = jax.nn.dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(D)) v
-    out_BxNxC = nn.Dense(c, kernel_init=zeros)(out_BxNxKxD.reshape(b, height * width, c))
+    out_BxNxC = nn.Dense(c, kernel_init=zeros, dtype=self.dtype)(
+        out_BxNxKxD.reshape(b, height * width, c))
     return x_BxHxWxC + out_BxNxC.reshape(x_BxHxWxC.shape)
 
 
@@ -113,6 +126,7 @@ class UNet(nn.Module):
   dropout: float = 0.0
   num_classes: int = 0
   num_groups: int = 8
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, t_B: jax.Array,
@@ -121,22 +135,25 @@ class UNet(nn.Module):
     if any(not 0 <= level < num_levels for level in self.attention_levels):
       raise ValueError(f'attention_levels {tuple(self.attention_levels)} must index '
                        f'channel_mults {tuple(self.channel_mults)}')
-    block = lambda mult: ResBlock(self.channels * mult, self.num_groups, self.dropout)
-    attention = lambda: AttentionBlock(self.num_heads, self.num_groups)
+    dt = self.dtype
+    block = lambda mult: ResBlock(self.channels * mult, self.num_groups, self.dropout, dt)
+    attention = lambda: AttentionBlock(self.num_heads, self.num_groups, dt)
+    conv = lambda features, **kw: nn.Conv(features, (3, 3), padding='SAME', dtype=dt, **kw)
 
     # Step (and label) embedding, 4 * channels wide.
     emb_BxE = timestep_embedding(t_B, self.channels)
-    emb_BxE = nn.Dense(4 * self.channels)(emb_BxE)
-    emb_BxE = nn.Dense(4 * self.channels)(nn.silu(emb_BxE))
+    emb_BxE = nn.Dense(4 * self.channels, dtype=dt)(emb_BxE)
+    emb_BxE = nn.Dense(4 * self.channels, dtype=dt)(nn.silu(emb_BxE))
     if self.num_classes > 0:
       if labels_B is None:  # the null label: unconditional
         labels_B = jnp.full(x_BxHxWxC.shape[:1], self.num_classes, jnp.int32)
-      emb_BxE = emb_BxE + nn.Embed(self.num_classes + 1, 4 * self.channels)(labels_B)
+      emb_BxE = emb_BxE + nn.Embed(self.num_classes + 1, 4 * self.channels,
+                                   dtype=dt)(labels_B)
     elif labels_B is not None:
       raise ValueError('labels given to a UNet with num_classes=0')
 
     # Down path: keep every output as a skip tensor.
-    h = nn.Conv(self.channels, (3, 3), padding='SAME')(x_BxHxWxC)
+    h = conv(self.channels)(x_BxHxWxC)
     skips = [h]
     for level, mult in enumerate(self.channel_mults):
       for _ in range(self.num_res_blocks):
@@ -145,7 +162,7 @@ class UNet(nn.Module):
           h = attention()(h)
         skips.append(h)
       if level < num_levels - 1:
-        h = nn.Conv(h.shape[-1], (3, 3), strides=2, padding='SAME')(h)
+        h = conv(h.shape[-1], strides=2)(h)
         skips.append(h)
 
     # Middle, at the lowest resolution.
@@ -164,15 +181,15 @@ class UNet(nn.Module):
         b, _, _, c = h.shape
         _, height, width, _ = skips[-1].shape
         h = jax.image.resize(h, (b, height, width, c), method='nearest')
-        h = nn.Conv(c, (3, 3), padding='SAME')(h)
+        h = conv(c)(h)
 
-    h = nn.silu(group_norm(h.shape[-1], self.num_groups)(h))
-    return nn.Conv(x_BxHxWxC.shape[-1], (3, 3), padding='SAME', kernel_init=zeros)(h)
+    h = nn.silu(group_norm(h.shape[-1], self.num_groups, dt)(h))
+    return conv(x_BxHxWxC.shape[-1], kernel_init=zeros)(h).astype(jnp.float32)
 
 
 def create_unet(model_config, num_classes: int) -> UNet:
   """A UNet sized by `model_config` (channels, channel_mults, num_res_blocks,
-  attention_levels, num_heads, dropout, num_groups)."""
+  attention_levels, num_heads, dropout, num_groups, dtype)."""
   return UNet(channels=model_config.channels,
               channel_mults=tuple(model_config.channel_mults),
               num_res_blocks=model_config.num_res_blocks,
@@ -180,4 +197,5 @@ def create_unet(model_config, num_classes: int) -> UNet:
               num_heads=model_config.num_heads,
               dropout=model_config.dropout,
               num_classes=num_classes,
-              num_groups=model_config.num_groups)
+              num_groups=model_config.num_groups,
+              dtype=compute_dtype(model_config))

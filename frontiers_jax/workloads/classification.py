@@ -40,6 +40,7 @@ class Classification(Workload):
     c = self.config
     config_lib.check_choice(c, 'data.name', data_lib.IMAGE_DATASETS)
     config_lib.check_choice(c, 'model.name', models.MODELS)
+    config_lib.check_dtype(c)
     check(c.data.train_size >= 0, 'config.data.train_size',
           f'{c.data.train_size} is not allowed', 'give 0 (all) or more')
     data_lib.check_available(c.data.name, c.data.dir)

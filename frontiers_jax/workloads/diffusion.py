@@ -116,6 +116,7 @@ class Diffusion(Workload):
           f'{d.ema_decay} is out of range', 'allowed: 0 <= decay < 1')
     check(c.data.train_size >= 0, 'config.data.train_size',
           f'{c.data.train_size} is not allowed', 'give 0 (all) or more')
+    config_lib.check_dtype(c)
     m = c.model
     check(m.channels > 0 and m.channels % m.num_groups == 0, 'config.model.channels',
           f'{m.channels} with num_groups {m.num_groups} is not allowed',

@@ -38,6 +38,7 @@ import optax
 from flax.training import train_state
 
 from frontiers_jax import config as config_lib
+from frontiers_jax import models
 from frontiers_jax import plots
 from frontiers_jax.data import files, pipeline, registry
 from frontiers_jax.errors import UsageError, check
@@ -47,7 +48,6 @@ from frontiers_jax.workloads.base import PerfSpec, Workload
 DATASETS = ('tiny_shakespeare', 'arithmetic')
 TOKENIZERS = ('char', 'byte', 'bpe')
 POSITIONS = ('learned', 'rotary')
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 _SAMPLE_STREAM = 8  # keys of the samples written at the end of training
 
 
@@ -63,7 +63,7 @@ class LanguageModel(Workload):
     config_lib.check_choice(c, 'data.name', DATASETS)
     config_lib.check_choice(c, 'data.tokenizer', TOKENIZERS)
     config_lib.check_choice(c, 'model.positions', POSITIONS)
-    config_lib.check_choice(c, 'model.dtype', tuple(DTYPES))
+    config_lib.check_dtype(c)
     config_lib.check_choice(c, 'model.attention_impl', ('xla', 'cudnn'))
     m = c.model
     for key in ('num_layers', 'num_heads', 'width', 'context', 'mlp_ratio'):
@@ -127,7 +127,7 @@ class LanguageModel(Workload):
         vocab_size=self.tokenizer.vocab_size, context=m.context, num_layers=m.num_layers,
         num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, width=m.width,
         mlp_ratio=m.mlp_ratio, positions=m.positions, dropout=m.dropout,
-        use_bias=m.use_bias, dtype=DTYPES[m.dtype], attention_impl=m.attention_impl)
+        use_bias=m.use_bias, dtype=models.compute_dtype(m), attention_impl=m.attention_impl)
 
   def create_state(self, rng, batch) -> train_state.TrainState:
     params = self.model.init(rng, batch['tokens'][:1, :-1])['params']
@@ -209,7 +209,7 @@ class LanguageModel(Workload):
   def perf_spec(self) -> PerfSpec:
     k = self.config.optim.accumulation_steps  # micro-batches run in a lax.scan
     return PerfSpec(tokens_per_example=self.input_length(),
-                    compute_dtype=DTYPES[self.config.model.dtype],
+                    compute_dtype=models.compute_dtype(self.config.model),
                     loop_iterations=1 if k == 1 else k)
 
   def formula_flops_per_step(self) -> float:
