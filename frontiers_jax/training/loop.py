@@ -299,15 +299,22 @@ class _Speed:
 def make_train_step(workload, train_key: jax.Array, replicated, state_shardings=None):
   """Jits `workload.train_step` once, adding the metric sums and derived key.
 
-  The state keeps `state_shardings` (default: replicated) in and out, so XLA
-  gathers FSDP-split parameters inside the step and reduce-scatters their
-  gradients; the batch is split over every device. The state and the metric
-  sums are donated: updated in place on device.
+  The state keeps `state_shardings` (default: replicated) in and out; the
+  batch is split over every device. With FSDP the parameters are gathered
+  whole once, at the top of the step, and the gradients summed over all
+  devices; each device then updates only its slice of the parameters and
+  optimizer moments. The state and the metric sums are donated: updated in
+  place on device.
   """
   state_shardings = replicated if state_shardings is None else state_shardings
   batch = sharding.batch_sharding(replicated.mesh)
 
   def step_fn(state, pending, batch, step):
+    # Without this constraint XLA's partitioner may follow the split weights
+    # and move activations between devices instead (all-to-alls): measured on
+    # the 10M GPT on 8 CPU devices, 1469 MiB of temporaries per device
+    # against 799 MiB with it (745 MiB as pure data parallel).
+    state = state.replace(params=jax.lax.with_sharding_constraint(state.params, replicated))
     rng = jax.random.fold_in(train_key, step)
     state, metrics = workload.train_step(state, batch, rng)
     pending = jax.tree.map(lambda s, m: s + m.astype(jnp.float32), pending, metrics)
