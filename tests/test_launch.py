@@ -246,8 +246,10 @@ def test_bad_input_is_one_line_and_exit_2(args, problem, allowed, data_dirs,
   paths = {**data_dirs, 'workdir': str(workdir), 'file': str(tmp_path / 'file')}
   before = snapshot(workdir)
 
-  # A compile would log a line to stderr: bad input must stop before any.
-  returncode, stdout, stderr, seconds = run_train(
+  # A compile would log lines to stderr (JAX_LOG_COMPILES): the one-line
+  # check below is what proves that bad input stops before any compilation.
+  # (No wall-time bound: it failed only when the machine was loaded.)
+  returncode, stdout, stderr, _ = run_train(
       [arg.format(**paths) for arg in args], timeout=60, JAX_LOG_COMPILES='1')
 
   assert returncode == 2, stderr
@@ -258,7 +260,6 @@ def test_bad_input_is_one_line_and_exit_2(args, problem, allowed, data_dirs,
   assert problem.format(**paths) in line
   assert allowed.format(**paths) in line
   assert not stdout.strip()
-  assert seconds < 5
   assert snapshot(workdir) == before
 
 
