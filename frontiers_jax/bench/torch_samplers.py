@@ -32,20 +32,15 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from frontiers_jax.diffusion import samplers
 from frontiers_jax.bench.torch_unet import alpha_bars_of
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 
 
 def positions(num_timesteps: int, num_steps: int) -> np.ndarray:
-  """The S positions visited, from T - 1 down to 0 (as `samplers._positions`)."""
-  T = num_timesteps
-  if not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= T:
-    raise ValueError(f'num_steps must be an int in [1, T={T}], got {num_steps!r}')
-  t_S = np.linspace(T - 1, 0, num_steps).round().astype(np.int64)
-  if num_steps > 1 and not np.all(np.diff(t_S) < 0):  # round-half-even ties
-    raise ValueError(f'num_steps={num_steps} gives repeated positions for T={T}')
-  return t_S
+  """The S positions visited, from T - 1 down to 0 (the JAX samplers' own)."""
+  return samplers.timestep_positions(num_timesteps, num_steps).astype(np.int64)
 
 
 def guided(model_fn: ModelFn, labels_B: Optional[torch.Tensor], null_label: Optional[int],

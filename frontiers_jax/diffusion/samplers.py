@@ -73,18 +73,22 @@ def _check(objective: str, shape) -> None:
     raise ValueError(f'shape must be (B, ...), got {shape}')
 
 
-def _positions(sched, num_steps: int) -> np.ndarray:
+def timestep_positions(num_timesteps: int, num_steps: int) -> np.ndarray:
   """num_steps positions evenly spaced from T - 1 down to 0:
   np.linspace(T - 1, 0, num_steps).round() (the 'uniform' skip of Song et al.
   2021, section 4.2, including both ends). The last step goes from position 0
   to the data (abar = 1)."""
-  T = sched.num_steps
+  T = num_timesteps
   if not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= T:
     raise ValueError(f'num_steps must be an int in [1, T={T}], got {num_steps!r}')
   t_S = np.linspace(T - 1, 0, num_steps).round().astype(np.int32)
   if num_steps > 1 and not np.all(np.diff(t_S) < 0):  # round-half-even ties
     raise ValueError(f'num_steps={num_steps} gives repeated positions for T={T}')
   return t_S
+
+
+def _positions(sched, num_steps: int) -> np.ndarray:
+  return timestep_positions(sched.num_steps, num_steps)
 
 
 def _start(key, shape):
