@@ -59,6 +59,10 @@ def train(argv: list[str]) -> int:
   except loop.Preempted as e:
     print(f'preempted: {e}', file=sys.stderr)
     return loop.EXIT_PREEMPTED
+  except loop.WriteFailed as e:
+    print(f'error: {e}; free space or fix the permissions, then rerun to resume',
+          file=sys.stderr)
+    return loop.EXIT_WRITE_FAILED
   logs.console(f'done in {summary["wall_time_s"]:.1f} s: {FLAGS.workdir}/summary.json')
   return 0
 

@@ -9,7 +9,9 @@ processes on different hosts do over the network.
 
 Each output line is prefixed with its process id (`[1] ...`). The first
 process to fail stops the others (SIGKILL: they are usually waiting for it in a
-collective) and its exit status is returned; SIGINT or SIGTERM to this
+collective) and its exit status is returned, except that a process preempted
+by SIGTERM (status 143) leaves the others `grace_s` to save the same
+checkpoint and stop by themselves; SIGINT or SIGTERM to this
 launcher sends SIGTERM to every process, waits `grace_s`, then kills what is
 left; after `timeout_s` everything is killed and 124 is returned.
 """
@@ -27,6 +29,7 @@ from typing import IO
 from frontiers_jax.errors import check
 
 EXIT_TIMEOUT = 124  # As timeout(1).
+EXIT_PREEMPTED = 143  # A train.py process that saved a checkpoint after SIGTERM.
 DISTRIBUTED_FLAGS = ('--coordinator_address', '--num_processes', '--process_id')
 
 
@@ -115,7 +118,9 @@ def run(program: str, args: list[str], num_processes: int, devices_per_process: 
       failed = [i for i, code in enumerate(codes) if code not in (None, 0)]
       if failed:
         status = _status(codes[failed[0]])
-        if len(failed) < num_processes:
+        if status == EXIT_PREEMPTED:  # The others save the same step and stop too.
+          _wait(children, grace_s)
+        elif len(failed) < num_processes:
           _say(lock, f'local_cluster: process {failed[0]} exited with status {status}; '
                'stopping the others')
         break
@@ -147,6 +152,11 @@ def _terminate(children: list[subprocess.Popen], grace_s: float) -> None:
   for child in children:
     if child.poll() is None:
       child.terminate()
+  _wait(children, grace_s)
+
+
+def _wait(children: list[subprocess.Popen], grace_s: float) -> None:
+  """Up to `grace_s` for every child to end by itself."""
   deadline = time.monotonic() + grace_s
   while time.monotonic() < deadline and any(c.poll() is None for c in children):
     time.sleep(0.05)

@@ -5,9 +5,17 @@ last log step, so that a resumed run logs the same averages as an
 uninterrupted one. A latest checkpoint that cannot be restored (a truncated
 file, a partial write) is moved aside to `corrupt_<step>` with a warning and
 the previous one is used; nothing is deleted.
+
+Saves are asynchronous: a failed write (disk full, permissions, a file in the
+way) surfaces at the next `save`, `wait` or `close` as `WriteFailed`, naming
+the step that was not written. Orbax writes each step into a temporary folder
+and renames it when complete, so the checkpoints before it stay intact.
 """
 
+import contextlib
+
 import os
+import re
 import warnings
 from typing import Any
 
@@ -19,6 +27,27 @@ from frontiers_jax.errors import UsageError
 from frontiers_jax.training.logs import is_remote
 
 
+class WriteFailed(RuntimeError):
+  """A checkpoint (or another output) could not be written; the checkpoints
+  committed before it are intact, and rerunning resumes from the newest."""
+
+
+def root_cause(error: BaseException) -> str:
+  """The innermost OS error of a chain ('No space left on device'), else the
+  first line of `error` itself."""
+  seen = error
+  while seen is not None:
+    if isinstance(seen, OSError) and seen.errno:
+      return f'{os.strerror(seen.errno)} (errno {seen.errno})'
+    # Tensorstore (Orbax's array writer) reports the OS error inside a message.
+    code = re.search(r"os_error_code='(\d+)'", str(seen))
+    if code:
+      return f'{os.strerror(int(code[1]))} (errno {code[1]})'
+    seen = seen.__cause__ or seen.__context__
+  first_line = (str(error).splitlines() or [''])[0]
+  return f'{type(error).__name__}: {first_line[:200]}'
+
+
 class Checkpoints:
   """A thin, restore-with-fallback wrapper over `ocp.CheckpointManager`."""
 
@@ -26,6 +55,8 @@ class Checkpoints:
     self.directory = directory if is_remote(directory) else os.path.abspath(directory)
     self.keep = keep
     self._manager = self._open()
+    self._saving = None    # the step whose asynchronous write may still run
+    self._failed = False   # a write failed and was reported
 
   def _open(self) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True)
@@ -35,11 +66,42 @@ class Checkpoints:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, item: Any) -> None:
-    """Starts an asynchronous save; device buffers are copied before return."""
-    self._manager.save(step, args=ocp.args.StandardSave(item))
+    """Starts an asynchronous save; device buffers are copied before return.
+
+    Raises `WriteFailed` when this save, or the previous one still running,
+    cannot be written.
+    """
+    self.wait()
+    with self._reporting(step):
+      self._manager.save(step, args=ocp.args.StandardSave(item))
+    self._saving = step
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Waits for the running save; raises `WriteFailed` if it failed."""
+    with self._reporting(self._saving):
+      self._manager.wait_until_finished()
+    self._saving = None
+
+  @contextlib.contextmanager
+  def _reporting(self, step):
+    try:
+      yield
+    except Exception as e:  # Orbax and tensorstore raise many types.
+      self._failed = True
+      raise WriteFailed(f'checkpoint {step} could not be written to {self.directory}: '
+                        f'{root_cause(e)}; {self.intact()}') from e
+
+  def intact(self) -> str:
+    """'checkpoints up to step N are intact': read from the directory, where
+    only complete checkpoints carry a plain step number as their name."""
+    try:
+      committed = [int(p.name) for p in epath.Path(self.directory).iterdir()
+                   if p.name.isdigit()]
+    except OSError:
+      committed = []
+    if not committed:
+      return 'no earlier checkpoint was written'
+    return f'checkpoints up to step {max(committed)} are intact'
 
   def restore_latest(self, like: Any) -> tuple[int, Any] | None:
     """Restores the newest checkpoint that loads into the structure of `like`.
@@ -81,5 +143,14 @@ class Checkpoints:
     self._manager.reload()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for the running save and closes; after a reported failure, closes
+    without raising again (the first error is the one that matters)."""
+    if self._failed:
+      with contextlib.suppress(Exception):
+        self._manager.close()
+      return
+    try:
+      self.wait()
+    finally:
+      with contextlib.suppress(Exception):
+        self._manager.close()

@@ -67,11 +67,19 @@ class MetricsLog:
 
 
 def read_history(workdir) -> list[dict[str, Any]]:
-  """The records of `workdir/metrics.jsonl`, oldest first."""
+  """The records of `workdir/metrics.jsonl`, oldest first. A last line cut
+  short (the run died, or the disk filled, while appending it) is left out:
+  the resumed run writes that record again."""
   path = epath.Path(workdir) / 'metrics.jsonl'
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  lines = [line for line in path.read_text().splitlines() if line.strip()]
+  records = [json.loads(line) for line in lines[:-1]]
+  try:
+    records += [json.loads(line) for line in lines[-1:]]
+  except json.JSONDecodeError:
+    pass
+  return records
 
 
 def progress_line(name: str, step: int, num_steps: int, metrics: dict[str, float],

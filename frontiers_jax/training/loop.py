@@ -14,7 +14,8 @@ s is a pure function of (seed, s), so a resumed run repeats an uninterrupted
 one bit for bit. One key per step serves every device: under `jax.jit` the
 random bits of a sharded array are generated for the global array and split
 like it, so they do not depend on the device or process count. SIGTERM saves a
-checkpoint and exits (status 143).
+checkpoint and exits (status 143); in a multi-process job every process saves
+at the same step, whichever host the signal reached (JAX's preemption service).
 """
 
 import dataclasses
@@ -48,6 +49,7 @@ from frontiers_jax.training import perf
 from frontiers_jax.training import sharding
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM, after the checkpoint is written.
+EXIT_WRITE_FAILED = 74  # EX_IOERR of sysexits.h: the workdir could not be written.
 
 # Independent key streams derived from the seed.
 _INIT_STREAM, _TRAIN_STREAM = 0, 1
@@ -59,6 +61,11 @@ class Diverged(RuntimeError):
 
 class Preempted(RuntimeError):
   """SIGTERM arrived; a checkpoint of the current step was written."""
+
+
+# Disk full, no permission, a file in the way: the run stops with exit status
+# EXIT_WRITE_FAILED; the checkpoints before the failed write are intact.
+WriteFailed = checkpoints_lib.WriteFailed
 
 
 @dataclasses.dataclass
@@ -195,7 +202,7 @@ def run_training(run: Run) -> dict:
     _say(config, f'[{workload.name}] resumed from step {first_step} in {ckpt.directory}')
 
   eval_step = jax.jit(workload.eval_step, out_shardings=replicated)
-  preempted = _catch_sigterm()
+  preempted = _preemption_notice()
   step = first_step
   last_log_time, last_log_step, eval_time, steady_times = time.time(), step, 0.0, []
   try:
@@ -227,7 +234,7 @@ def run_training(run: Run) -> dict:
               workload.name, step, config.num_steps, record,
               speeds, (config.num_steps - step) * interval))
         last_log_time, last_log_step, eval_time = now, step, 0.0
-      stop = preempted()  # Read once: a signal between two reads loses a save.
+      stop = preempted(step)  # Read once: a signal between two reads loses a save.
       if step % config.checkpoint_every == 0 or last or stop:
         if pending_steps:
           _mean_or_stop(pending, pending_steps, step)
@@ -237,6 +244,10 @@ def run_training(run: Run) -> dict:
         ckpt.wait()
         raise Preempted(f'SIGTERM at step {step}: checkpoint written to '
                         f'{ckpt.directory}')
+  except OSError as e:  # metrics.jsonl or TensorBoard: the same disk, in practice.
+    raise checkpoints_lib.WriteFailed(
+        f'{e.filename or workdir} could not be written at step {step}: '
+        f'{checkpoints_lib.root_cause(e)}; {ckpt.intact()}') from e
   finally:
     ckpt.close()
     log.close()
@@ -384,15 +395,27 @@ def _checkpoint_item(state, pending, pending_steps: int) -> dict:
           'pending_steps': np.asarray(pending_steps, np.int32)}  # saved by process 0
 
 
-def _catch_sigterm():
-  """Installs a SIGTERM flag (main thread only); returns a function reading it."""
+def _preemption_notice():
+  """A function of the step that turns True, once SIGTERM arrived, at the step
+  where the run must checkpoint and stop.
+
+  One process: a flag set by a SIGTERM handler (main thread only). Several:
+  JAX's preemption service (started by `jax.distributed.initialize`) catches
+  SIGTERM on any host and names one step, the same on every host, at which
+  `reached_preemption_sync_point` turns True everywhere; a Python handler
+  would replace its own, so none is installed. Every process must then call
+  the function at every step, as the loop does.
+  """
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+    return multihost_utils.reached_preemption_sync_point
   flag = {'set': False}
   if threading.current_thread() is threading.main_thread():
     def handler(signum, frame):
       del signum, frame
       flag['set'] = True
     signal.signal(signal.SIGTERM, handler)
-  return lambda: flag['set']
+  return lambda step: flag['set']
 
 
 def make_summary(config, history, wall_time_s, first_step, steady_times,
