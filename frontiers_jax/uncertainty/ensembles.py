@@ -58,3 +58,36 @@ def mc_dropout_samples(apply_fn: Callable[..., Any], params: Any, x: Any, key: j
   if chunk_size is None:
     return jax.vmap(one_pass)(keys)
   return jax.lax.map(one_pass, keys, batch_size=chunk_size)
+
+
+# --- The mean-variance regression head (Lakshminarayanan et al. 2017) --------
+
+VARIANCE_FLOOR = 1e-6
+
+
+def gaussian_head(raw_x2: jax.Array, floor: float = VARIANCE_FLOOR) -> tuple[jax.Array,
+                                                                             jax.Array]:
+  """Raw outputs [..., 2] -> (mean, variance), each [...]: the variance is
+  softplus of its raw output plus `floor` (Lakshminarayanan et al. 2017,
+  section 2.2.1), so it is positive and a huge negative raw value gives the
+  floor, not zero."""
+  return raw_x2[..., 0], jax.nn.softplus(raw_x2[..., 1]) + floor
+
+
+def gaussian_nll(mean: jax.Array, variance: jax.Array, y: jax.Array) -> jax.Array:
+  """-log N(y; mean, variance), [...] (Lakshminarayanan et al. 2017, eq. 1,
+  with the constant 1/2 log 2 pi): a proper scoring rule, so the variance
+  head learns the noise level (the aleatoric part)."""
+  return 0.5 * (jnp.log(2 * jnp.pi * variance) + (y - mean)**2 / variance)
+
+
+def mixture_moments(mean_Sx: jax.Array, variance_Sx: jax.Array) -> tuple[jax.Array,
+                                                                           jax.Array,
+                                                                           jax.Array]:
+  """(mean, aleatoric, epistemic), each [...], of the equally weighted mixture
+  of S Gaussians (ensemble members or MC-dropout passes; sample axis first):
+  the mixture's mean, the mean of the variances (the noise each sample
+  predicts) and the variance of the means (their disagreement). Aleatoric
+  plus epistemic is the mixture's variance (law of total variance)."""
+  mean = jnp.mean(mean_Sx, axis=0)
+  return mean, jnp.mean(variance_Sx, axis=0), jnp.mean((mean_Sx - mean)**2, axis=0)

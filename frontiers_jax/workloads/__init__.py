@@ -9,6 +9,7 @@ from frontiers_jax.workloads import approximation
 from frontiers_jax.workloads import diffusion
 from frontiers_jax.workloads import generalization
 from frontiers_jax.workloads import lm
+from frontiers_jax.workloads import uncertainty
 
 WORKLOADS: dict[str, type[Workload]] = {
     'adversarial': adversarial.Adversarial,
@@ -16,6 +17,7 @@ WORKLOADS: dict[str, type[Workload]] = {
     'diffusion': diffusion.Diffusion,
     'generalization': generalization.Generalization,
     'lm': lm.LanguageModel,
+    'uncertainty': uncertainty.Uncertainty,
 }
 
 
