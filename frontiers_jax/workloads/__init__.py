@@ -6,6 +6,7 @@ from frontiers_jax.errors import check
 from frontiers_jax.workloads.base import Workload
 from frontiers_jax.workloads import adversarial
 from frontiers_jax.workloads import approximation
+from frontiers_jax.workloads import bias
 from frontiers_jax.workloads import diffusion
 from frontiers_jax.workloads import generalization
 from frontiers_jax.workloads import lm
@@ -14,6 +15,7 @@ from frontiers_jax.workloads import uncertainty
 WORKLOADS: dict[str, type[Workload]] = {
     'adversarial': adversarial.Adversarial,
     'approximation': approximation.Approximation,
+    'bias': bias.Bias,
     'diffusion': diffusion.Diffusion,
     'generalization': generalization.Generalization,
     'lm': lm.LanguageModel,
