@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-matrix test-slow bench clean
 
 install: $(STAMP)
 
@@ -24,6 +24,11 @@ TEST_WORKERS ?= 2
 
 test: install
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+# Every workload through every launch scenario (kill, SIGTERM, full disk,
+# read-only checkpoints, corrupt checkpoint, 2 processes): about N minutes.
+test-matrix: install
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m matrix
 
 # Long experiments (minutes): the acceptance runs on real data.
 test-slow: install

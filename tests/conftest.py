@@ -38,3 +38,13 @@ def fast_compile():
   jax.config.update('jax_disable_most_optimizations', True)
   yield
   jax.config.update('jax_disable_most_optimizations', False)
+
+
+def each_workload(in_make_test=('generalization',)):
+  """Every registered workload as a pytest param; all but `in_make_test` are
+  marked `matrix` (`make test-matrix`). Under `--dist loadgroup` one worker
+  takes all tests of a workload, so a module fixture runs once per workload."""
+  from frontiers_jax import workloads
+  return [pytest.param(name, marks=[pytest.mark.xdist_group(name)] +
+                       ([] if name in in_make_test else [pytest.mark.matrix]))
+          for name in workloads.WORKLOADS]

@@ -2,9 +2,9 @@
 
 Every run sees 8 fake CPU devices, no FRONTIERS_DATA_DIR and an empty TFDS
 data dir, so nothing outside the repository and tmp folders is read. Covered:
-bad input (one line, exit status 2, fast, workdir untouched), SIGKILL and
-SIGTERM followed by a resume that repeats the uninterrupted run bit for bit,
-a diverging run, and everything a finished run writes.
+bad input (one line, exit status 2, fast, workdir untouched), a diverging
+run, and everything a finished run writes. Interrupted runs (SIGKILL, SIGTERM,
+a full disk, ...) are tested for every workload in test_survive.py.
 """
 
 import json
@@ -12,15 +12,14 @@ import os
 import pathlib
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
 
 import jax
-import numpy as np
-import orbax.checkpoint as ocp
 import pytest
+
+from run_files import all_finite, checkpoint_steps, read_metrics, read_summary, restore
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MNIST = pathlib.Path('/work/shared/data/mnist')  # The four original .gz files.
@@ -52,65 +51,8 @@ def run_train(args, timeout=120, **env):
   return done.returncode, done.stdout, done.stderr, time.monotonic() - start
 
 
-@pytest.fixture
-def start_train():
-  """Starts the launcher in the background; kills what still runs at teardown."""
-  processes = []
-
-  def start(args):
-    processes.append(subprocess.Popen(
-        [sys.executable, 'launch/train.py', *args], cwd=REPO,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-    return processes[-1]
-
-  yield start
-  for process in processes:
-    if process.poll() is None:
-      process.kill()
-    process.communicate()
-
-
-def wait_for(path, process, timeout=120):
-  """Polls every 5 ms until `path` exists; fails if the run ends first."""
-  deadline = time.monotonic() + timeout
-  while not path.exists():
-    assert process.poll() is None, (
-        f'the run ended with status {process.returncode} before {path} '
-        f'appeared: {process.stderr.read()}')
-    assert time.monotonic() < deadline, f'{path} did not appear in {timeout} s'
-    time.sleep(0.005)
-
-
 def error_lines(stderr):
   return [line for line in stderr.splitlines() if line.strip()]
-
-
-def read_metrics(workdir):
-  with open(workdir / 'metrics.jsonl') as f:
-    return [json.loads(line) for line in f]
-
-
-def read_summary(workdir):
-  return json.loads((workdir / 'summary.json').read_text())
-
-
-def checkpoint_steps(workdir):
-  """Committed steps: orbax renames a finished tmp folder to the step number."""
-  return sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()
-                if p.name.isdigit())
-
-
-def restore(workdir, step):
-  """A checkpoint as numpy arrays (no devices, so any topology restores)."""
-  path = workdir / 'checkpoints' / str(step) / 'default'
-  checkpointer = ocp.PyTreeCheckpointer()
-  tree = checkpointer.metadata(path).item_metadata.tree
-  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  return checkpointer.restore(path, restore_args=args)
-
-
-def all_finite(tree):
-  return all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(tree))
 
 
 def snapshot(directory):
@@ -261,70 +203,6 @@ def test_bad_input_is_one_line_and_exit_2(args, problem, allowed, data_dirs,
   assert allowed.format(**paths) in line
   assert not stdout.strip()
   assert snapshot(workdir) == before
-
-
-# Interrupted runs resume to exactly the uninterrupted run.
-
-# Long enough that a kill at the first checkpoint lands ~1 s before the last
-# log; log_every does not divide checkpoint_every, so checkpoints hold partly
-# summed train metrics.
-RESUME = [GENERALIZATION, '--config.num_steps=400', '--config.checkpoint_every=50',
-          '--config.log_every=15', '--config.eval_every=50']
-NUM_STEPS, FIRST_CHECKPOINT = 400, 50
-
-
-@pytest.fixture(scope='module')
-def uninterrupted(tmp_path_factory):
-  """metrics.jsonl records and summary.json of RESUME run without a break."""
-  workdir = tmp_path_factory.mktemp('uninterrupted')
-  returncode, _, stderr, _ = run_train(RESUME + [f'--workdir={workdir}'])
-  assert returncode == 0, stderr
-  return read_metrics(workdir), read_summary(workdir)
-
-
-def test_resume_after_sigkill_repeats_the_run_bit_for_bit(uninterrupted, start_train,
-                                                          tmp_path):
-  records, summary = uninterrupted
-  args = RESUME + [f'--workdir={tmp_path}']
-  process = start_train(args)
-  wait_for(tmp_path / 'checkpoints' / str(FIRST_CHECKPOINT), process)
-  os.kill(process.pid, signal.SIGKILL)
-  process.communicate(timeout=30)
-  assert process.returncode == -signal.SIGKILL, (
-      'the run ended before SIGKILL arrived: make RESUME longer')
-  assert not (tmp_path / 'summary.json').exists()
-  assert len(read_metrics(tmp_path)) < len(records), (
-      'the killed run had logged everything: make RESUME longer')
-  latest = checkpoint_steps(tmp_path)[-1]
-
-  returncode, _, stderr, _ = run_train(args)
-
-  assert returncode == 0, stderr
-  assert read_summary(tmp_path)['resumed_from_step'] == latest
-  assert read_metrics(tmp_path) == records
-  assert read_summary(tmp_path)['final'] == summary['final']
-
-
-def test_sigterm_saves_exits_143_and_resumes_exactly(uninterrupted, start_train,
-                                                     tmp_path):
-  records, _ = uninterrupted
-  args = RESUME + [f'--workdir={tmp_path}']
-  process = start_train(args)
-  wait_for(tmp_path / 'checkpoints' / str(FIRST_CHECKPOINT), process)
-  process.send_signal(signal.SIGTERM)
-  _, stderr = process.communicate(timeout=60)
-  assert process.returncode == 143, (
-      f'status {process.returncode} (0: the run ended before SIGTERM): {stderr}')
-  latest = checkpoint_steps(tmp_path)[-1]
-  assert FIRST_CHECKPOINT <= latest < NUM_STEPS
-  assert f'preempted: SIGTERM at step {latest}: checkpoint written' in stderr
-  assert not (tmp_path / 'summary.json').exists()
-
-  returncode, _, stderr, _ = run_train(args)
-
-  assert returncode == 0, stderr
-  assert read_summary(tmp_path)['resumed_from_step'] == latest
-  assert read_metrics(tmp_path) == records
 
 
 # Divergence.
