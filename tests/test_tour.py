@@ -37,3 +37,4 @@ def test_quick_tour_writes_one_self_contained_report(tmp_path, fast_compile):
   assert os.path.isfile(tmp_path / 'demo' / 'generalization' / 'figures' /
                         'randomization_bars.png')
   assert '<td>random_labels</td>' in text
+  assert 'Algorithmic bias' in text and '<td>dbvae</td>' in text
