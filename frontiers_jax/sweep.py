@@ -18,13 +18,14 @@ from frontiers_jax import config as config_lib
 from frontiers_jax import report
 from frontiers_jax.training import logs
 from frontiers_jax.training import loop
-from frontiers_jax.workloads import approximation, generalization, lm
+from frontiers_jax.workloads import approximation, generalization, lm, uncertainty
 
 # Figures across the runs of a sweep, per workload.
 SWEEP_FIGURES = {
     'approximation': approximation.sweep_figures,
     'generalization': generalization.sweep_figures,
     'lm': lm.sweep_figures,
+    'uncertainty': uncertainty.sweep_figures,
 }
 
 

@@ -29,6 +29,7 @@ def test_quick_tour_writes_one_self_contained_report(tmp_path, fast_compile):
   assert 'Universal approximation' in text and 'Rethinking generalization' in text
   assert 'Adversarial examples' in text and 'Diffusion models' in text
   assert 'Language models' in text
+  assert 'Uncertainty' in text and 'AUROC' in text
   images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
   assert len(images) >= 5
   assert all(base64.b64decode(i)[:4] == b'\x89PNG' for i in images)

@@ -67,8 +67,8 @@ def ood_histograms(results: dict[str, dict], path: str) -> str:
 
 
 def reliability_diagrams(results: dict[str, dict], path: str) -> str:
-  """Accuracy per confidence bin against the diagonal (perfect calibration);
-  empty bins are left out."""
+  """Accuracy per confidence bin (bars) and the bin's mean confidence (dots)
+  against the diagonal (perfect calibration); empty bins are left out."""
   fig, axes = _panels(len(results))
   for ax, (method, r) in zip(axes, results.items()):
     rel = r['reliability']
@@ -78,9 +78,8 @@ def reliability_diagrams(results: dict[str, dict], path: str) -> str:
     full = count > 0
     ax.bar(centers[full], np.asarray(rel['accuracy'])[full], width=1 / bins, color='C0',
            edgecolor='k', lw=0.5, label='accuracy')
-    ax.bar(centers[full], (np.asarray(rel['confidence']) - np.asarray(rel['accuracy']))[full],
-           bottom=np.asarray(rel['accuracy'])[full], width=1 / bins, color='C3', alpha=0.35,
-           label='gap to confidence')
+    ax.plot(centers[full], np.asarray(rel['confidence'])[full], 'o', color='C3', ms=4,
+            label='mean confidence')
     ax.plot([0, 1], [0, 1], 'k--', lw=1)
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel='confidence', ylabel='accuracy',
            title=f'{method}: ECE {r["ece"]:.4f}')
