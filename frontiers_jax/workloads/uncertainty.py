@@ -457,6 +457,11 @@ class Uncertainty(Workload):
                                          dtype=np.float64))),
         'aleatoric_in': float(np.mean(np.sqrt(pred['aleatoric'][inside].astype(np.float64)))),
         'noise': self.config.cubic.noise}
+    # Does the +-2 std band of the whole predictive variance reach the truth?
+    total_std = np.sqrt(pred['aleatoric'].astype(np.float64) + epistemic**2)
+    covered = np.abs(pred['mean'] - test['y']) <= 2 * total_std
+    result.update(covered_in=float(covered[inside].mean()),
+                  covered_out=float(covered[outside].mean()))
     if self.config.method != 'softmax':
       result.update(epistemic_in=float(epistemic[inside].mean()),
                     epistemic_out=float(epistemic[outside].mean()))
