@@ -150,6 +150,10 @@ class Bias(Workload):
   def train_batches(self, data, global_batch, seed, process_index=0, process_count=1):
     if self.config.method == 'dbvae':  # the pool the step draws its batch from
       global_batch *= self.config.dbvae.pool_factor
+      n = pipeline.num_examples(data['train'])
+      check(global_batch <= n, 'config.dbvae.pool_factor',
+            f'pools of {global_batch} (pool_factor x batch_size) exceed the {n} training '
+            'examples', f'give at most {n // self.config.batch_size}')
     return pipeline.TrainBatches(data['train'], global_batch, seed, process_index,
                                  process_count)
 
