@@ -431,7 +431,8 @@ class Uncertainty(Workload):
       result['auroc'][name] = metrics.auroc(scores_in, scores_out)
       result['mean_in'][name] = float(np.mean(scores_in, dtype=np.float64))
       result['mean_out'][name] = float(np.mean(scores_out, dtype=np.float64))
-      top = 1.0 if name == 'vacuity' else float(np.log(NUM_CLASSES))
+      # From 0 to the largest score seen (mutual information rarely nears log K).
+      top = max(float(scores_in.max()), float(scores_out.max()), 1e-6)
       edges = np.linspace(0.0, top, HISTOGRAM_BINS + 1)
       result['histograms'][name] = {
           'edges': edges.tolist(),
