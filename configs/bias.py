@@ -33,8 +33,14 @@ def get_config(arg=None):
   c.dbvae.vae_weight = 1.0
   c.dbvae.kl_weight = 0.0005   # the 6.S191 lab's
   c.dbvae.bins = 10
-  c.dbvae.alpha = 0.001        # the lab's smoothing factor
-  c.dbvae.combine = 'max'      # 'product': Amini et al. 2019, eq. 6
+  # The weight of an example is prod_d 1 / (Q_d + alpha) (Amini et al. 2019);
+  # alpha sets how hard rare latent codes are favoured. Measured on MNIST with
+  # 99 % aligned: alpha 0.3 draws about 70 % conflicting examples; the lab's
+  # variant ('max' over dimensions, alpha 0.001) only 16 %, and the product
+  # with alpha 0.001 draws conflicting examples only (digits: 100 %), a
+  # handful of them over and over.
+  c.dbvae.combine = 'product'
+  c.dbvae.alpha = 0.3
   c.dbvae.pool_factor = 4      # each step draws batch_size rows from a pool this many times larger
   c.dbvae.first_refresh = 200  # steps before the first weights (the buffers fill)
   c.dbvae.refresh_every = 100
