@@ -62,7 +62,9 @@ class Decoder(nn.Module):
     x = nn.relu(nn.Dense(sizes[0][0] * sizes[0][1] * f0)(z_BxD))
     x = x.reshape(-1, *sizes[0], f0)
     for size, f in ((sizes[1], f1), (sizes[2], c)):
-      x = jax.image.resize(x, (x.shape[0], *size, x.shape[-1]), 'nearest')
+      # Nearest-neighbour 2x upsampling as a repeat (jax.image.resize's gather
+      # is slow on XLA:CPU), cropped to the target size.
+      x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)[:, :size[0], :size[1]]
       x = nn.Conv(f, (3, 3), conv_general_dilated=models.conv3x3_hwio_backward)(x)
       x = nn.relu(x) if f != c else nn.sigmoid(x)
     return x
