@@ -161,7 +161,7 @@ def test_two_processes_match_one_and_survive_sigterm_on_one_host(workload, tmp_p
   by far more.
   """
   args = [f'--config=configs/{workload}.py:tiny', '--config.num_steps=24',
-          '--config.checkpoint_every=1', '--config.log_every=4', '--config.eval_every=12']
+          '--config.checkpoint_every=4', '--config.log_every=4', '--config.eval_every=12']
   one, two = tmp_path / 'one', tmp_path / 'two'
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
          'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
@@ -174,7 +174,7 @@ def test_two_processes_match_one_and_survive_sigterm_on_one_host(workload, tmp_p
   process = subprocess.Popen(cluster, cwd=REPO, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
   try:
-    wait_for_checkpoint(two, 3, process)
+    wait_for_checkpoint(two, 4, process)
     os.kill(child_of(two, 1), signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
   finally:
@@ -186,15 +186,16 @@ def test_two_processes_match_one_and_survive_sigterm_on_one_host(workload, tmp_p
            for line in stderr.splitlines() if 'preempted: SIGTERM at step' in line}
   assert set(steps) == {'[0] ', '[1] '} and len(set(steps.values())) == 1, stderr[-3000:]
   saved = steps['[0] ']
-  assert 3 <= saved < 24
+  assert 4 <= saved < 24
   assert not (two / 'summary.json').exists()
 
   done = subprocess.run(cluster, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   assert f'[0] [{workload}] resumed from step {saved}' in done.stdout
-  # Process 0 alone reports (gloo, the CPU collectives library, prints in both).
-  assert not [line for line in done.stdout.splitlines()
-              if line.startswith('[1]') and '[Gloo]' not in line]
+  # Process 0 alone reports. Gloo, the CPU collectives library, prints in both
+  # ('[Gloo] Rank 3 is connected to 3 peer ranks...', at times split in two).
+  assert not [line for line in done.stdout.splitlines() if line.startswith('[1]')
+              and '[Gloo]' not in line and 'peer ranks' not in line]
   summary = json.loads((two / 'summary.json').read_text())
   assert summary['devices']['process_count'] == 2 and summary['devices']['count'] == 4
 

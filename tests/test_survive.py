@@ -248,8 +248,11 @@ def test_read_only_checkpoints_stop_with_one_line_and_lose_nothing(workload, ref
   done = in_namespace(
       f'{sys.executable} {" ".join(train_args(workload, tmp_path))} & run=$!; '
       f'until [ -d {checkpoints}/3 ]; do kill -0 $run || exit 99; sleep 0.005; done; '
-      f'mount --bind {checkpoints} {checkpoints} && '
-      f'mount -o remount,bind,ro {checkpoints} || exit 98; wait $run')
+      f'mount --bind {checkpoints} {checkpoints} || exit 98; '
+      # Refused (busy) while Orbax holds a file of the new mount open for writing.
+      f'tries=0; until mount -o remount,bind,ro {checkpoints} 2>/dev/null; do '
+      f'tries=$((tries + 1)); [ $tries -lt 1000 ] || exit 98; sleep 0.002; done; '
+      f'wait $run')
 
   assert done.returncode == EXIT_WRITE_FAILED, done.stderr[-3000:]
   step = assert_one_write_error(done.stderr, 'Read-only file system')
