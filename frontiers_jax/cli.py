@@ -61,8 +61,11 @@ def train(argv: list[str]) -> int:
     return loop.EXIT_PREEMPTED
   except loop.WriteFailed as e:
     print(f'error: {e}; free space or fix the permissions, then rerun to resume',
-          file=sys.stderr)
-    return loop.EXIT_WRITE_FAILED
+          file=sys.stderr, flush=True)
+    # Orbax's threads of the failed save can wait minutes for signals that
+    # never come (seen: 5 min), holding the exit; nothing is left to write.
+    sys.stdout.flush()
+    os._exit(loop.EXIT_WRITE_FAILED)
   logs.console(f'done in {summary["wall_time_s"]:.1f} s: {FLAGS.workdir}/summary.json')
   return 0
 
