@@ -60,7 +60,8 @@ def train(argv: list[str]) -> int:
     print(f'preempted: {e}', file=sys.stderr)
     return loop.EXIT_PREEMPTED
   except loop.WriteFailed as e:
-    print(f'error: {e}; free space or fix the permissions, then rerun to resume',
+    # On a line of its own: Orbax's threads may have left one unfinished.
+    print(f'\nerror: {e}; free space or fix the permissions, then rerun to resume',
           file=sys.stderr, flush=True)
     # Orbax's threads of the failed save can wait minutes for signals that
     # never come (seen: 5 min), holding the exit; nothing is left to write.

@@ -207,14 +207,18 @@ def disk_kib(path):
 
 
 def assert_one_write_error(stderr, reason):
-  """Exactly one `error:` line, naming `reason`; the intact step it states."""
-  lines = [line for line in stderr.splitlines() if line.startswith('error: ')]
-  assert len(lines) == 1, stderr[-3000:]
-  match = WRITE_ERROR.fullmatch(lines[0])
-  assert match and match['reason'] == reason, lines[0]
+  """Exactly one `error:` line, naming `reason`; the intact step it states.
+
+  Orbax's threads print their tracebacks concurrently, so the line is looked
+  for anywhere in a line (the launcher starts it on a new line, but a thread
+  can still write between the two).
+  """
+  matches = [m for line in stderr.splitlines() for m in [WRITE_ERROR.search(line)] if m]
+  assert len(matches) == 1, stderr[-3000:]
+  assert matches[0]['reason'] == reason, matches[0][0]
   # Orbax's threads log their own failures; the loop prints no traceback.
   assert not re.search(r'File ".*frontiers_jax', stderr), stderr[-3000:]
-  return int(match['step'])
+  return int(matches[0]['step'])
 
 
 def assert_intact(workdir, step):
