@@ -4,6 +4,7 @@ import base64
 import os
 import re
 
+import pytest
 
 from frontiers_jax import report
 from frontiers_jax import tour
@@ -22,6 +23,8 @@ def test_report_inlines_figures_and_escapes_text(tmp_path):
   assert '<td>0.1235</td>' in text and '<td>—</td>' in text
 
 
+# 2.5 min on a slow day, all on one worker: run by `make test-matrix` (CI runs it).
+@pytest.mark.matrix
 def test_quick_tour_writes_one_self_contained_report(tmp_path, fast_compile):
   path = tour.run_tour(str(tmp_path / 'demo'), CONFIGS, quick=True)
   assert path == str(tmp_path / 'demo' / 'report.html')
