@@ -17,6 +17,7 @@ from frontiers_jax.errors import UsageError
 from frontiers_jax.training import loop
 from frontiers_jax.workloads import uncertainty as unc
 from conftest import load
+from test_uncertainty import ece_by_loop  # Guo et al. 2017, eq. 3, float64
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -119,20 +120,6 @@ def test_eval_sums_against_float64_reference(method):
   assert set(ood) == {'confidence', 'count', *workload.score_names()}
 
 
-def reference_ece(probs, labels, num_bins):
-  """Guo et al. 2017, eq. 3, one example at a time, float64."""
-  confidence = probs.max(-1)
-  correct = probs.argmax(-1) == labels
-  total = 0.0
-  for b in range(num_bins):
-    low, high = b / num_bins, (b + 1) / num_bins
-    inside = [i for i, c in enumerate(confidence) if low < c <= high or (b == 0 and c == 0)]
-    if inside:
-      gap = np.mean(correct[inside]) - np.mean(confidence[inside])
-      total += len(inside) / len(labels) * abs(gap)
-  return total
-
-
 def reference_auroc(negative, positive):
   """P(pos > neg) + 1/2 P(pos = neg) over all pairs."""
   pos, neg = np.asarray(positive, np.float64)[:, None], np.asarray(negative, np.float64)
@@ -149,7 +136,7 @@ def test_final_evaluation_against_references_and_the_loops_eval_step():
   labels = data['test']['label']
   probs = pred_in['probs'].astype(np.float64)
   assert result['accuracy'] == pytest.approx(np.mean(probs.argmax(-1) == labels))
-  assert result['ece'] == pytest.approx(reference_ece(probs, labels, 15), abs=1e-5)
+  assert result['ece'] == pytest.approx(ece_by_loop(probs, labels, 15), abs=1e-5)
   assert sum(result['reliability']['count']) == len(labels)
   eval_step = jax.jit(workload.eval_step)
   means = {}
