@@ -11,6 +11,7 @@ import ast
 import importlib.util
 import json
 import os
+import sys
 from typing import Any, Iterable, Sequence
 
 import ml_collections
@@ -120,7 +121,13 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  """The locked config a run saved in `workdir/config.json`."""
+  """The locked config a run saved in `workdir/config.json`.
+
+  Keys added to the configs since the run was made take their current
+  defaults (from `base_config` and the default variant of
+  `configs/<workload>.py`), and a note names them: a new key's default keeps
+  the behaviour the run had.
+  """
   path = os.path.join(workdir, 'config.json')
   check(os.path.isfile(path), 'workdir', f'{path} does not exist',
         'pass the workdir of a run made by launch/train.py')
@@ -129,9 +136,40 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
       values = json.load(f)
     except json.JSONDecodeError as e:
       raise UsageError(path, f'is not valid JSON ({e})', 'restore the file') from None
-  config = ml_collections.ConfigDict(_tuples(values))
+  check(isinstance(values, dict), path, 'is not a JSON object', 'restore the file')
+  values = _tuples(values)
+  added = _fill_missing(values, _current_defaults(values.get('workload', '')))
+  if added:
+    print(f'note: {path} predates the keys {", ".join(added)}; '
+          'using their current defaults', file=sys.stderr)
+  config = ml_collections.ConfigDict(values)
   config.lock()
   return config
+
+
+def _current_defaults(workload: str) -> dict:
+  """Today's default values of a workload's keys, for runs saved before some existed."""
+  defaults = base_config().to_dict()
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      'configs', f'{workload}.py')
+  if workload and os.path.isfile(path):
+    try:
+      defaults = load_config(path).to_dict()
+    except UsageError:
+      pass  # A config file that no longer loads leaves the shared defaults.
+  return defaults
+
+
+def _fill_missing(values: dict, defaults: dict, prefix: str = '') -> list[str]:
+  """Adds to `values` (in place) the keys of `defaults` it lacks; returns their names."""
+  added = []
+  for key, default in defaults.items():
+    if key not in values:
+      values[key] = default
+      added.append(prefix + key)
+    elif isinstance(default, dict) and isinstance(values[key], dict):
+      added += _fill_missing(values[key], default, f'{prefix}{key}.')
+  return added
 
 
 def _tuples(value):

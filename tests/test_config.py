@@ -100,3 +100,37 @@ def test_validate_common_rejects(override, where):
     config_lib.validate_common(config, num_devices=8)
   assert e.value.where == where
   assert override[1] in e.value.problem
+
+
+def _save_run_config(workdir, config_dict):
+  import json
+  import os
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(config_dict, f)
+
+
+def test_run_config_made_before_new_keys_gets_their_defaults(tmp_path, capsys):
+  # A run saved before optim.b2 and model.dtype existed: evaluate and sample
+  # must still load it, with the defaults (which keep the old behaviour).
+  saved = load('adversarial.py:tiny').to_dict()
+  del saved['optim']['b2'], saved['model']['dtype'], saved['mesh']
+  saved['optim']['learning_rate'] = 0.0123  # saved values win over defaults
+  _save_run_config(tmp_path, saved)
+  config = config_lib.load_run_config(str(tmp_path))
+  assert config.optim.b2 == 0.999
+  assert config.model.dtype == 'float32'
+  assert config.mesh.fsdp == 1
+  assert config.optim.learning_rate == 0.0123
+  assert config.model.features == tuple(saved['model']['features'])
+  note = capsys.readouterr().err
+  assert 'predates the keys mesh, model.dtype, optim.b2;' in note
+  with pytest.raises(AttributeError):
+    config.no_such_key = 1  # still locked
+
+
+def test_complete_run_config_loads_without_a_note(tmp_path, capsys):
+  saved = load('lm.py:tiny').to_dict()
+  _save_run_config(tmp_path, saved)
+  config = config_lib.load_run_config(str(tmp_path))
+  assert config.to_dict() == load('lm.py:tiny').to_dict()
+  assert capsys.readouterr().err == ''
