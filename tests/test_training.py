@@ -92,3 +92,39 @@ def test_nan_stops_the_run_and_keeps_good_checkpoints(tmp_path):
   # Every checkpoint kept is at or before the last finite log step.
   last_good = records[-1]['step'] if records else 1
   assert all(int(s) <= max(last_good, 1) for s in saved if s.isdigit())
+
+
+class _GroupedEval:
+  """An eval step with a metric per group, as bias's aligned/conflicting ones."""
+  extra_eval_splits = ()
+
+  def derived_metrics(self, means):
+    return {}
+
+
+def _grouped_eval_step(state, batch):
+  del state
+  import jax.numpy as jnp
+  group_a = (batch['group'] == 0) * batch['mask']
+  group_b = (batch['group'] == 1) * batch['mask']
+  return {'count': jnp.sum(batch['mask']), 'value': jnp.sum(batch['x'] * batch['mask']),
+          'count_a_value': jnp.sum(group_a), 'a_value': jnp.sum(batch['x'] * group_a),
+          'count_b_value': jnp.sum(group_b), 'b_value': jnp.sum(batch['x'] * group_b)}
+
+
+def test_evaluate_divides_by_each_metrics_count_and_skips_empty_groups():
+  from frontiers_jax.training import sharding
+  mesh = sharding.make_mesh(0)
+  x = np.arange(20, dtype=np.float32)
+  group = np.zeros(20, np.int32)  # group 1 has no example
+  group[:7] = 0
+  data = {'test': {'x': x, 'group': group}}
+  results = loop.evaluate(_GroupedEval(), jax.jit(_grouped_eval_step), mesh, None, data,
+                          batch_size=8)  # 20 is not a multiple: a padded, masked batch
+  assert results == {'eval/value': pytest.approx(x.mean()),
+                     'eval/a_value': pytest.approx(x.mean())}
+  group[::2] = 1
+  results = loop.evaluate(_GroupedEval(), jax.jit(_grouped_eval_step), mesh, None, data,
+                          batch_size=8)
+  assert results['eval/a_value'] == pytest.approx(x[1::2].mean())
+  assert results['eval/b_value'] == pytest.approx(x[::2].mean())

@@ -344,8 +344,9 @@ def zero_metrics(workload, state, batch) -> dict[str, np.ndarray]:
 def evaluate(workload, eval_step, mesh, state, data, batch_size: int) -> dict:
   """Means of the eval metrics over whole splits: 'test' -> `eval/`, others
   named in `workload.extra_eval_splits` -> `eval_<split>/`. A metric `m` is
-  divided by the sum `count_m` when the eval step returns one, else by `count`;
-  then `workload.derived_metrics` adds what follows from the means."""
+  divided by the sum `count_m` when the eval step returns one, else by `count`,
+  and left out when that sum is 0 (no example of its kind in the split); then
+  `workload.derived_metrics` adds what follows from the means."""
   results = {}
   for split in ('test',) + tuple(workload.extra_eval_splits):
     if split not in data:
@@ -358,8 +359,10 @@ def evaluate(workload, eval_step, mesh, state, data, batch_size: int) -> dict:
     sums = jax.device_get(sums)
     counts = {k: float(sums.pop(k)) for k in list(sums) if k.startswith('count')}
     prefix = 'eval' if split == 'test' else f'eval_{split}'
-    results.update({f'{prefix}/{k}': float(v) / counts.get(f'count_{k}', counts['count'])
-                    for k, v in sums.items()})
+    for k, v in sums.items():
+      count = counts.get(f'count_{k}', counts['count'])
+      if count > 0:
+        results[f'{prefix}/{k}'] = float(v) / count
   results.update(workload.derived_metrics(results))
   return results
 

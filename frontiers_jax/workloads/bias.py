@@ -244,8 +244,8 @@ class Bias(Workload):
     return subgroup_sums(logits, batch['label'], batch['attribute'], batch['mask'])
 
   def derived_metrics(self, means):
-    if 'eval/aligned_accuracy' not in means:
-      return {}
+    if not {'eval/aligned_accuracy', 'eval/conflicting_accuracy'} <= means.keys():
+      return {}  # a split without examples of one kind has no gap
     return {'eval/accuracy_gap': means['eval/aligned_accuracy']
             - means['eval/conflicting_accuracy']}
 
