@@ -153,6 +153,11 @@ def test_final_evaluation_against_references_and_the_loops_eval_step():
     assert result['mean_in'][name] == pytest.approx(means['test'][name], rel=1e-5)
     histogram = result['histograms'][name]
     assert sum(histogram['in']) == len(labels) and sum(histogram['out']) == len(labels)
+  # The headline numbers the loop puts in summary['final'].
+  assert workload.final_metrics(state, data) == {
+      'test/accuracy': result['accuracy'], 'test/nll': result['nll'],
+      'test/ece': result['ece'], 'test/auroc_mutual_info': result['auroc']['mutual_info'],
+      'test/auroc_entropy': result['auroc']['entropy']}
 
 
 def test_cubic_epistemic_uncertainty_grows_outside_the_training_range(tmp_path):
@@ -164,6 +169,9 @@ def test_cubic_epistemic_uncertainty_grows_outside_the_training_range(tmp_path):
   result = unc.read_result(str(tmp_path))
   assert final['eval/epistemic_ratio'] > 3, final
   assert result['epistemic_ratio'] == pytest.approx(final['eval/epistemic_ratio'], rel=1e-4)
+  assert final['test/epistemic_ratio'] == result['epistemic_ratio']
+  assert final['test/rmse_in'] == result['rmse_in']
+  assert 0 <= final['test/covered_in'] <= 1 and 0 <= final['test/covered_out'] <= 1
   # The variance head learned the noise level (std 3) inside the data.
   assert 1.5 < final['eval/aleatoric_in'] < 6, final
   assert summary['figures'] == ['regression.png']
@@ -224,3 +232,27 @@ def test_unknown_variant_names_the_variants():
     load('uncertainty.py:mnist_bayes')
   assert json.loads(json.dumps(load('uncertainty.py:cubic_mc_dropout').to_dict()))[
       'method'] == 'mc_dropout'
+
+
+def test_evaluate_launcher_rescores_a_run_as_its_summary_says(tmp_path):
+  import subprocess
+  import sys
+  from conftest import REPO
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  workdir = str(tmp_path / 'run')
+  subprocess.run([sys.executable, 'launch/train.py', '--config=configs/uncertainty.py:tiny_softmax',
+                  f'--workdir={workdir}', '--config.quiet=true'],
+                 cwd=REPO, env=env, check=True, capture_output=True)
+  with open(os.path.join(workdir, 'summary.json')) as f:
+    final = json.load(f)['final']
+  assert {'test/accuracy', 'test/nll', 'test/ece', 'test/auroc_entropy'} <= set(final)
+  os.remove(os.path.join(workdir, 'figures', 'reliability.png'))
+  out = subprocess.run([sys.executable, 'launch/evaluate.py', f'--workdir={workdir}'],
+                       cwd=REPO, env=env, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr
+  printed = dict(line.split() for line in out.stdout.splitlines() if line.startswith('test/'))
+  assert {k: float(v) for k, v in printed.items()} == pytest.approx(
+      {k: v for k, v in final.items() if k.startswith('test/')}, abs=1e-4)
+  with open(os.path.join(workdir, 'uncertainty.json')) as f:
+    assert json.load(f)['ece'] == pytest.approx(final['test/ece'], abs=1e-6)
+  assert os.path.isfile(os.path.join(workdir, 'figures', 'reliability.png'))

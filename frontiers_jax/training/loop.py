@@ -7,7 +7,8 @@ It knows no workload. In order:
      mesh axis: `frontiers_jax.training.sharding`) and the jitted steps;
   3. resume from the newest good checkpoint in `workdir/checkpoints`;
   4. loop: batch(step) -> train_step; log, evaluate and checkpoint on schedule;
-  5. write figures and `summary.json`.
+  5. score the trained model (`workload.final_metrics`), draw its figures
+     and write `summary.json`.
 
 Keys are derived, never carried: step s uses `fold_in(train_key, s)`, and batch
 s is a pure function of (seed, s), so a resumed run repeats an uninterrupted
@@ -253,15 +254,16 @@ def run_training(run: Run) -> dict:
     log.close()
 
   history = log.history()
-  figures = []
-  # Process 0 draws alone, so from a host copy: a computation on global
-  # arrays must be run by every process.
+  figures, final_metrics = [], {}
+  # Process 0 scores and draws alone, so from a host copy: a computation on
+  # global arrays must be run by every process.
   host_state = jax.device_get(jax.jit(lambda s: s, out_shardings=replicated)(state))
   if lead:
+    final_metrics = workload.final_metrics(host_state, run.data)
     figures = _draw_figures(workload, host_state, run.data, history,
                             os.path.join(workdir, 'figures'))
   summary = make_summary(config, history, time.time() - start_time,
-                         first_step, steady_times, figures, speed, memory)
+                         first_step, steady_times, figures, speed, memory, final_metrics)
   if lead:
     (epath.Path(workdir) / 'summary.json').write_text(json.dumps(summary, indent=2))
   return summary
@@ -422,10 +424,13 @@ def _preemption_notice():
 
 
 def make_summary(config, history, wall_time_s, first_step, steady_times,
-                 figures, speed: _Speed | None = None, memory: dict | None = None) -> dict:
+                 figures, speed: _Speed | None = None, memory: dict | None = None,
+                 final_metrics: dict | None = None) -> dict:
+  """`final`: the last logged value of every metric, then `final_metrics`."""
   final = {}
   for record in history:
     final.update({k: v for k, v in record.items() if k != 'step'})
+  final.update(final_metrics or {})
   step_time = float(np.median(steady_times)) if steady_times else None
   devices = jax.devices()
   return {

@@ -84,6 +84,11 @@ class Workload:
     """Metrics that follow from the eval means (e.g. perplexity = exp(loss))."""
     return {}
 
+  def final_metrics(self, state, data) -> dict[str, float]:
+    """Scores of the trained model that per-batch means cannot give (e.g. an
+    AUROC over the whole test split); the loop adds them to `summary['final']`."""
+    return {}
+
   def figures(self, state, data, history: list[dict], fig_dir: str) -> list[str]:
     return []
 

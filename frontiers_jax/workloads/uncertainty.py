@@ -469,8 +469,26 @@ class Uncertainty(Workload):
       result['epistemic_ratio'] = result['epistemic_out'] / result['epistemic_in']
     return result
 
+  def result_of(self, state, data) -> dict:
+    """`evaluate_uncertainty` of `state`, computed once for `final_metrics`
+    and `figures` (the loop passes both the same state)."""
+    if getattr(self, '_result', (None,))[0] is not state:
+      self._result = (state, self.evaluate_uncertainty(state, data))
+    return self._result[1]
+
+  def final_metrics(self, state, data):
+    """The headline scores of the whole test (and OOD) split, as `test/...`:
+    accuracy, NLL, ECE and an AUROC per score; RMSE, coverage and the
+    epistemic ratio on the cubic."""
+    result = self.result_of(state, data)
+    keys = (('rmse_in', 'covered_in', 'covered_out', 'epistemic_ratio') if self.regression
+            else ('accuracy', 'nll', 'ece'))
+    out = {f'test/{k}': result[k] for k in keys if k in result}
+    out.update({f'test/auroc_{name}': v for name, v in result.get('auroc', {}).items()})
+    return out
+
   def figures(self, state, data, history, fig_dir):
-    result = self.evaluate_uncertainty(state, data)
+    result = self.result_of(state, data)
     with open(os.path.join(fig_dir, RESULT_FILE), 'w') as f:
       json.dump(result, f)
     return draw({self.config.method: result}, fig_dir)
