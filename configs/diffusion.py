@@ -43,6 +43,7 @@ def get_config(arg=None):
   c.sample.steps = 50                 # ddpm always takes all T
   c.sample.guidance = 3.0             # 1: plain conditional, 0: unconditional
   c.sample.eta = 0.0                  # ddim only
+  c.sample.spacing = 'uniform'        # ddim, dpm_solver: uniform or quadratic in t
 
   # launch/evaluate.py. FID uses the features of a classifier trained here on
   # the same dataset (Inception features do not suit 28x28 grey images).

@@ -155,3 +155,9 @@ def test_evaluation_reports_fid_accuracy_and_bits(tiny_run):
   assert os.path.isfile(os.path.join(workdir, 'figures', 'fid_vs_steps.png'))
   # The feature classifier is trained once and reused.
   assert os.path.isfile(os.path.join(workdir, 'classifier', 'summary.json'))
+
+
+def test_bad_spacing_is_one_usage_error():
+  config = load('diffusion.py:tiny', **{'sample.spacing': 'cubic'})
+  with pytest.raises(UsageError, match="config.sample.spacing.*'cubic'"):
+    diffusion.Diffusion(config).validate()

@@ -73,22 +73,44 @@ def _check(objective: str, shape) -> None:
     raise ValueError(f'shape must be (B, ...), got {shape}')
 
 
-def timestep_positions(num_timesteps: int, num_steps: int) -> np.ndarray:
-  """num_steps positions evenly spaced from T - 1 down to 0:
-  np.linspace(T - 1, 0, num_steps).round() (the 'uniform' skip of Song et al.
-  2021, section 4.2, including both ends). The last step goes from position 0
-  to the data (abar = 1)."""
+SPACINGS = ('uniform', 'quadratic')
+
+
+def timestep_positions(num_timesteps: int, num_steps: int,
+                       spacing: str = 'uniform') -> np.ndarray:
+  """num_steps positions from T - 1 down to 0, both ends included.
+
+  'uniform': np.linspace(T - 1, 0, num_steps).round() (the 'linear' skip of
+  Song et al. 2021, DDIM, appendix D.2). 'quadratic': evenly spaced in
+  sqrt(t), so t = (sqrt(T - 1) i / (S - 1))^2 rounded (DDIM's 'quadratic'
+  skip; DPM-Solver's 'time_quadratic'): steps bunch up near the data, where
+  log(alpha / sigma) changes fastest. A rounded position equal to or below its
+  neighbour nearer the data moves up by one, so positions stay distinct. The
+  last step goes from position 0 to the data (abar = 1).
+  """
   T = num_timesteps
   if not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= T:
     raise ValueError(f'num_steps must be an int in [1, T={T}], got {num_steps!r}')
-  t_S = np.linspace(T - 1, 0, num_steps).round().astype(np.int32)
-  if num_steps > 1 and not np.all(np.diff(t_S) < 0):  # round-half-even ties
-    raise ValueError(f'num_steps={num_steps} gives repeated positions for T={T}')
-  return t_S
+  if spacing not in SPACINGS:
+    raise ValueError(f'spacing must be one of {", ".join(SPACINGS)}, got {spacing!r}')
+  if spacing == 'uniform':
+    t_S = np.linspace(T - 1, 0, num_steps).round().astype(np.int32)
+    if num_steps > 1 and not np.all(np.diff(t_S) < 0):  # round-half-even ties
+      raise ValueError(f'num_steps={num_steps} gives repeated positions for T={T}')
+    return t_S
+  if num_steps == 1:
+    return np.array([T - 1], np.int32)
+  rising = (np.linspace(0.0, np.sqrt(T - 1), num_steps) ** 2).round().astype(np.int64)
+  for i in range(1, num_steps):
+    rising[i] = max(rising[i], rising[i - 1] + 1)
+  # The bumps happen only near 0, where the squares are less than 1 apart;
+  # they never reach the top (checked for every T < 400 and every num_steps).
+  assert rising[-1] == T - 1, rising
+  return rising[::-1].astype(np.int32)
 
 
-def _positions(sched, num_steps: int) -> np.ndarray:
-  return timestep_positions(sched.num_steps, num_steps)
+def _positions(sched, num_steps: int, spacing: str = 'uniform') -> np.ndarray:
+  return timestep_positions(sched.num_steps, num_steps, spacing)
 
 
 def _start(key, shape):
@@ -137,8 +159,8 @@ def ddpm(model_fn: ModelFn, sched, objective: str, shape, key, *, labels=None,
 
 def ddim(model_fn: ModelFn, sched, objective: str, shape, key, *, num_steps: int,
          eta: float = 0.0, labels=None, null_label=None, guidance=1.0,
-         trajectory: bool = False):
-  """DDIM (Song et al. 2021, eq. 12) over `_positions(sched, num_steps)`:
+         trajectory: bool = False, spacing: str = 'uniform'):
+  """DDIM (Song et al. 2021, eq. 12) over `_positions(sched, num_steps, spacing)`:
 
     x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z,
     sigma  = eta sqrt((1 - abar_prev) / (1 - abar)) sqrt(1 - abar / abar_prev)  (eq. 16),
@@ -149,7 +171,7 @@ def ddim(model_fn: ModelFn, sched, objective: str, shape, key, *, num_steps: int
   """
   _check(objective, shape)
   fn = guided(model_fn, labels, null_label, guidance)
-  t_S = _positions(sched, num_steps)
+  t_S = _positions(sched, num_steps, spacing)
   abar_S = sched.alpha_bars[t_S]
   abar_prev_S = jnp.append(sched.alpha_bars[t_S[1:]], 1.0)
   sigma_S = (eta * jnp.sqrt((1.0 - abar_prev_S) / (1.0 - abar_S))
@@ -173,10 +195,11 @@ def ddim(model_fn: ModelFn, sched, objective: str, shape, key, *, num_steps: int
 
 
 def dpm_solver(model_fn: ModelFn, sched, objective: str, shape, key, *, num_steps: int,
-               labels=None, null_label=None, guidance=1.0, trajectory: bool = False):
+               labels=None, null_label=None, guidance=1.0, trajectory: bool = False,
+               spacing: str = 'uniform'):
   """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2): the
   multistep second-order solver of the diffusion ODE in data prediction, over
-  `_positions(sched, num_steps)` (num_steps model evaluations).
+  `_positions(sched, num_steps, spacing)` (num_steps model evaluations).
 
   With alpha = sqrt(abar), sigma = sqrt(1 - abar), lambda = log(alpha / sigma),
   h_i = lambda_i - lambda_{i-1} and x0_i the prediction at step i clipped to
@@ -194,7 +217,7 @@ def dpm_solver(model_fn: ModelFn, sched, objective: str, shape, key, *, num_step
   """
   _check(objective, shape)
   fn = guided(model_fn, labels, null_label, guidance)
-  t_S = _positions(sched, num_steps)
+  t_S = _positions(sched, num_steps, spacing)
   abar_S = sched.alpha_bars[t_S].astype(jnp.float32)
   alpha_S, sigma_S = jnp.sqrt(abar_S), jnp.sqrt(1.0 - abar_S)
   lambda_S = jnp.log(alpha_S) - jnp.log(sigma_S)

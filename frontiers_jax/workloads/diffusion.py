@@ -109,6 +109,7 @@ class Diffusion(Workload):
     config_lib.check_choice(c, 'diffusion.schedule', process.SCHEDULES)
     config_lib.check_choice(c, 'diffusion.objective', process.OBJECTIVES)
     config_lib.check_choice(c, 'sample.sampler', samplers.SAMPLERS)
+    config_lib.check_choice(c, 'sample.spacing', samplers.SPACINGS)
     check(d.num_timesteps >= 2, 'config.diffusion.num_timesteps',
           f'{d.num_timesteps} is not allowed', 'give a whole number >= 2')
     config_lib.check_range(c, 'diffusion.label_dropout', 0.0, 1.0)
@@ -230,7 +231,8 @@ class Diffusion(Workload):
         labels=labels if conditional else None,
         null_label=self.num_classes if conditional else None,
         guidance=1.0 if plain else guidance, trajectory=trajectory,
-        **({'eta': self.config.sample.eta} if sampler == 'ddim' else {}))
+        **({'eta': self.config.sample.eta} if sampler == 'ddim' else {}),
+        **({'spacing': self.config.sample.spacing} if sampler != 'ddpm' else {}))
     if trajectory:
       return to_image_space(out[0]), to_image_space(out[1])
     return to_image_space(out)
