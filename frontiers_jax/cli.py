@@ -5,7 +5,6 @@ argv before absl parses the rest, so that a bad key or value is reported as
 the project's one-line error (exit status 2), not as absl's.
 """
 
-import json
 import os
 import sys
 from typing import Callable
@@ -97,15 +96,13 @@ def evaluate(argv: list[str]) -> int:
   if hasattr(run.workload, 'evaluate_uncertainty'):
     state = loop.restore_trained(run)
     scores = run.workload.final_metrics(state, run.data)
-    path = os.path.join(FLAGS.workdir, 'uncertainty.json')
-    with open(path, 'w') as f:
-      json.dump(run.workload.result_of(state, run.data), f)
     fig_dir = os.path.join(FLAGS.workdir, 'figures')
     os.makedirs(fig_dir, exist_ok=True)
+    # figures() writes the whole result, figures/uncertainty.json, beside them.
     figures = run.workload.figures(state, run.data, [], fig_dir)
     for name, value in scores.items():
       print(f'{name:<28} {value:.4f}')
-    print(f'done: {path} and {", ".join(os.path.basename(p) for p in figures)}')
+    print(f'done: {fig_dir}: {", ".join(os.path.basename(p) for p in figures)}')
     return 0
   if not hasattr(run.workload, 'evaluate_robustness'):
     raise UsageError('config.workload', f'{config.workload} has no evaluation',

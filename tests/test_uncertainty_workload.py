@@ -246,13 +246,14 @@ def test_evaluate_launcher_rescores_a_run_as_its_summary_says(tmp_path):
   with open(os.path.join(workdir, 'summary.json')) as f:
     final = json.load(f)['final']
   assert {'test/accuracy', 'test/nll', 'test/ece', 'test/auroc_entropy'} <= set(final)
-  os.remove(os.path.join(workdir, 'figures', 'reliability.png'))
+  os.remove(os.path.join(workdir, 'figures', 'reliability.png'))  # both written again
+  os.remove(os.path.join(workdir, 'figures', unc.RESULT_FILE))
   out = subprocess.run([sys.executable, 'launch/evaluate.py', f'--workdir={workdir}'],
                        cwd=REPO, env=env, capture_output=True, text=True)
   assert out.returncode == 0, out.stderr
   printed = dict(line.split() for line in out.stdout.splitlines() if line.startswith('test/'))
   assert {k: float(v) for k, v in printed.items()} == pytest.approx(
       {k: v for k, v in final.items() if k.startswith('test/')}, abs=1e-4)
-  with open(os.path.join(workdir, 'uncertainty.json')) as f:
+  with open(os.path.join(workdir, 'figures', unc.RESULT_FILE)) as f:
     assert json.load(f)['ece'] == pytest.approx(final['test/ece'], abs=1e-6)
   assert os.path.isfile(os.path.join(workdir, 'figures', 'reliability.png'))

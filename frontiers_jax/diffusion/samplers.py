@@ -101,8 +101,8 @@ def timestep_positions(num_timesteps: int, num_steps: int,
   if num_steps == 1:
     return np.array([T - 1], np.int32)
   rising = (np.linspace(0.0, np.sqrt(T - 1), num_steps) ** 2).round().astype(np.int64)
-  for i in range(1, num_steps):
-    rising[i] = max(rising[i], rising[i - 1] + 1)
+  i = np.arange(num_steps)
+  rising = np.maximum.accumulate(rising - i) + i  # each at least one above the last
   # The bumps happen only near 0, where the squares are less than 1 apart;
   # they never reach the top (checked for every T < 400 and every num_steps).
   assert rising[-1] == T - 1, rising
