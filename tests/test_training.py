@@ -3,6 +3,8 @@
 import glob
 import json
 import os
+import signal
+import threading
 
 import chex
 import jax
@@ -49,6 +51,20 @@ def test_training_reduces_the_loss(tmp_path):
   records = _records(str(tmp_path / 'run'))
   assert records[-1]['train/loss'] < 0.7 * records[0]['train/loss']
   assert summary['final']['eval/accuracy'] > 0.5  # digits: chance is 0.1
+
+
+def test_training_gives_sigterm_back_when_it_ends(tmp_path):
+  """The loop turns SIGTERM into "checkpoint and stop" while it trains only:
+  afterwards the handler that was there before is back."""
+  def before(signum, frame):
+    del signum, frame
+  assert threading.current_thread() is threading.main_thread()  # Else none is installed.
+  previous = signal.signal(signal.SIGTERM, before)
+  try:
+    _run(tmp_path, 'generalization.py:tiny')
+    assert signal.getsignal(signal.SIGTERM) is before
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.mark.parametrize('spec', ['generalization.py:tiny', 'approximation.py:tiny'])

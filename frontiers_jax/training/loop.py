@@ -203,7 +203,7 @@ def run_training(run: Run) -> dict:
     _say(config, f'[{workload.name}] resumed from step {first_step} in {ckpt.directory}')
 
   eval_step = jax.jit(workload.eval_step, out_shardings=replicated)
-  preempted = _preemption_notice()
+  preempted, restore_sigterm = _preemption_notice()
   step = first_step
   last_log_time, last_log_step, eval_time, steady_times = time.time(), step, 0.0, []
   try:
@@ -250,6 +250,7 @@ def run_training(run: Run) -> dict:
         f'{e.filename or workdir} could not be written at step {step}: '
         f'{checkpoints_lib.root_cause(e)}; {ckpt.intact()}') from e
   finally:
+    restore_sigterm()  # After training, SIGTERM stops the process again.
     ckpt.close()
     log.close()
 
@@ -402,7 +403,9 @@ def _checkpoint_item(state, pending, pending_steps: int) -> dict:
 
 def _preemption_notice():
   """A function of the step that turns True, once SIGTERM arrived, at the step
-  where the run must checkpoint and stop.
+  where the run must checkpoint and stop; and a function that puts back the
+  SIGTERM handler that was there before, called when training ends (else a
+  process that goes on to evaluate, or a sweep, could not be stopped by kill).
 
   One process: a flag set by a SIGTERM handler (main thread only). Several:
   JAX's preemption service (started by `jax.distributed.initialize`) catches
@@ -413,14 +416,16 @@ def _preemption_notice():
   """
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # noqa: PLC0415
-    return multihost_utils.reached_preemption_sync_point
+    return multihost_utils.reached_preemption_sync_point, lambda: None
+  if threading.current_thread() is not threading.main_thread():
+    return lambda step: False, lambda: None
   flag = {'set': False}
-  if threading.current_thread() is threading.main_thread():
-    def handler(signum, frame):
-      del signum, frame
-      flag['set'] = True
-    signal.signal(signal.SIGTERM, handler)
-  return lambda step: flag['set']
+
+  def handler(signum, frame):
+    del signum, frame
+    flag['set'] = True
+  previous = signal.signal(signal.SIGTERM, handler)
+  return lambda step: flag['set'], lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def make_summary(config, history, wall_time_s, first_step, steady_times,
