@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import threading
+import time
 
 import chex
 import jax
@@ -65,6 +66,33 @@ def test_training_gives_sigterm_back_when_it_ends(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is before
   finally:
     signal.signal(signal.SIGTERM, previous)
+
+
+def test_at_most_two_steps_in_flight(tmp_path, monkeypatch):
+  """Steps are dispatched asynchronously; unbounded, Python would run up to a
+  log interval ahead of the device, and a SIGTERM's checkpoint would wait for
+  all of those steps (minutes of a slow model: past a preemption's grace).
+  Each step here sleeps 20 ms on the device; wherever the loop reads the
+  preemption flag after step s, steps up to s - 2 must be done."""
+  executed, lags = [], []
+  make_train_step = loop.make_train_step
+
+  def slow_make_train_step(workload, *args, **kwargs):
+    def train_step(state, batch, rng):
+      jax.debug.callback(lambda s: (time.sleep(0.02), executed.append(int(s))), state.step)
+      return workload.train_step(state, batch, rng)
+    return make_train_step(type('Slow', (), {'train_step': staticmethod(train_step)}),
+                           *args, **kwargs)
+
+  def notice():
+    return (lambda step: lags.append(step - 1 - max(executed, default=-1)) or False,
+            lambda: None)
+  monkeypatch.setattr(loop, 'make_train_step', slow_make_train_step)
+  monkeypatch.setattr(loop, '_preemption_notice', notice)
+  _run(tmp_path, 'generalization.py:tiny', num_steps=30, log_every=30, eval_every=0,
+       checkpoint_every=30)
+  assert sorted(executed) == list(range(30))  # One call a step: the count is right.
+  assert len(lags) == 30 and max(lags) <= 1, lags
 
 
 @pytest.mark.parametrize('spec', ['generalization.py:tiny', 'approximation.py:tiny'])
