@@ -83,7 +83,8 @@ def _prepare_trained_run():
 
 
 def evaluate(argv: list[str]) -> int:
-  """Robustness of the newest checkpoint in --workdir, with its saved config."""
+  """Evaluates the newest checkpoint in --workdir with its saved config:
+  robustness (adversarial), generation (diffusion) or uncertainty."""
   del argv
   from frontiers_jax.training import loop  # jax is imported after parsing.
   run = _prepare_trained_run()
