@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from frontiers_jax import workloads
 from frontiers_jax.errors import UsageError
 from frontiers_jax.training import loop
 from frontiers_jax.workloads import diffusion
@@ -155,6 +156,22 @@ def test_evaluation_reports_fid_accuracy_and_bits(tiny_run):
   assert os.path.isfile(os.path.join(workdir, 'figures', 'fid_vs_steps.png'))
   # The feature classifier is trained once and reused.
   assert os.path.isfile(os.path.join(workdir, 'classifier', 'summary.json'))
+
+
+def test_fewer_images_than_a_batch_are_drawn_as_one_batch_of_that_size():
+  workload = workloads.create(load('diffusion.py:tiny'))  # eval.batch_size 32
+  drawn = []
+
+  def generate(state, key, batch, image_shape, sampler, steps, labels, guidance):
+    del state, key, sampler, steps, guidance
+    drawn.append((batch, len(labels)))
+    return np.zeros((batch,) + image_shape)
+  workload.generate = generate
+  for num in (5, 32, 40):
+    images = workload.generate_many(None, jax.random.key(0), num, (8, 8, 1), 'ddim', 5,
+                                    np.arange(num) % 10)
+    assert images.shape == (num, 8, 8, 1)
+  assert drawn == [(5, 5), (32, 32), (32, 32), (32, 32)]
 
 
 def test_bad_spacing_is_one_usage_error():

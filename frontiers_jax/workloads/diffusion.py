@@ -249,8 +249,9 @@ class Diffusion(Workload):
 
   def generate_many(self, state, key, num: int, image_shape, sampler: str, steps: int,
                     labels=None, guidance: float = 1.0) -> np.ndarray:
-    """`num` images in batches of eval.batch_size (one compiled sampler)."""
-    batch = self.config.eval.batch_size
+    """`num` images in batches of eval.batch_size, or one batch of `num` when
+    fewer (one compiled sampler)."""
+    batch = min(self.config.eval.batch_size, num)
     out = []
     for start in range(0, num, batch):
       chunk = None
