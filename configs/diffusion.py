@@ -5,8 +5,9 @@
   python launch/evaluate.py --workdir=D     # FID, conditional accuracy, bits/dim
 
 Variants: digits (default: the embedded 8x8 digits, minutes on a CPU), mnist,
-fashion_mnist (class names as prompts: "a sneaker", "a bag"), mnist_cpu (the
-MNIST model trained for what a 2-core CPU does in about an hour), tiny (tests).
+fashion_mnist (class names as prompts: "a sneaker", "a bag"), mnist_cpu and
+fashion_mnist_cpu (the same model trained for 2000 steps, what one CPU core
+does in one to two hours), tiny (tests).
 """
 
 import ml_collections
@@ -58,8 +59,8 @@ def get_config(arg=None):
   c.eval.bpd_examples = 1000          # test images in the bits/dim bound (0: skip)
   c.eval.classifier_steps = 2000      # the feature classifier's training steps
 
-  name = variant(arg, ('digits', 'mnist', 'fashion_mnist', 'mnist_cpu', 'tiny'),
-                 default='digits')
+  name = variant(arg, ('digits', 'mnist', 'fashion_mnist', 'mnist_cpu', 'fashion_mnist_cpu',
+                       'tiny'), default='digits')
   if name == 'digits':
     # About two minutes on a 2-core CPU: the demo's diffusion section.
     c.data.name = 'digits'
@@ -75,7 +76,7 @@ def get_config(arg=None):
     c.optim.learning_rate = 2e-3
     c.eval.num_samples = 2000
     c.eval.classifier_steps = 1000
-  if name in ('mnist', 'fashion_mnist', 'mnist_cpu'):
+  if name in ('mnist', 'fashion_mnist', 'mnist_cpu', 'fashion_mnist_cpu'):
     c.data.name = name.replace('_cpu', '')
     c.num_steps = 10000
     c.batch_size = 64
@@ -84,7 +85,7 @@ def get_config(arg=None):
     c.eval_every = 2000
     c.checkpoint_every = 500
     c.optim.learning_rate = 1e-3
-  if name == 'mnist_cpu':
+  if name in ('mnist_cpu', 'fashion_mnist_cpu'):
     c.num_steps = 2000  # 2.1 epochs of batch 64: 1.3-2.5 s a step here
     c.eval_every = 1000
     c.checkpoint_every = 250

@@ -15,7 +15,8 @@ from conftest import CONFIGS, load
     'generalization.py:tiny', 'adversarial.py', 'adversarial.py:mnist',
     'adversarial.py:mnist_pgd', 'adversarial.py:mnist_pgd_cpu', 'adversarial.py:mnist_trades',
     'adversarial.py:cifar10', 'adversarial.py:tiny', 'diffusion.py', 'diffusion.py:mnist',
-    'diffusion.py:fashion_mnist', 'diffusion.py:mnist_cpu', 'diffusion.py:tiny', 'lm.py',
+    'diffusion.py:fashion_mnist', 'diffusion.py:mnist_cpu', 'diffusion.py:fashion_mnist_cpu',
+    'diffusion.py:tiny', 'lm.py',
     'lm.py:shakespeare_char', 'lm.py:shakespeare_bpe', 'lm.py:arithmetic', 'lm.py:tiny',
     'emergence.py', 'emergence.py:tiny'])
 def test_every_variant_loads_locked_and_valid(spec):
@@ -31,6 +32,8 @@ def test_variants_differ_where_named():
   assert load('generalization.py:mnist').data.name == 'mnist'
   assert load('generalization.py:mnist_cnn').model.name == 'cnn'
   assert load('approximation.py:ripple').target == 'ripple'
+  assert load('diffusion.py:fashion_mnist_cpu').data.name == 'fashion_mnist'
+  assert load('diffusion.py:fashion_mnist_cpu').num_steps == 2000
 
 
 def test_unknown_variant_names_the_choices():
