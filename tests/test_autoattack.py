@@ -455,11 +455,22 @@ def test_loops_run_on_device_and_programs_do_not_grow_with_steps_or_queries():
 
 def test_apgd_on_a_batch_sharded_over_devices_equals_one_device():
   """L2 steps on CE are continuous in the gradient (see test_attacks for why
-  L-inf sign steps may part ways across devices)."""
+  L-inf sign steps may part ways across devices), but APGD keeps each
+  example's best iterate: where two iterates tie in float32 loss, the order
+  of summation picks one or the other. Seen on one CPU: example 28, two
+  points 8.6e-5 apart with the same loss to 9 digits. So: the losses and the
+  success flags agree everywhere, the points everywhere but at such a tie."""
   params, x, labels = problem(4)
   args = (jax.random.key(0), 0.3, 12, 1, 'l2', 'ce')
   want = run_apgd(params, x, labels, *args)
   batch = NamedSharding(Mesh(np.array(jax.devices()), ('data',)), P('data'))
   got = run_apgd(params, jax.device_put(x, batch), jax.device_put(labels, batch), *args)
   assert got[0].sharding.is_equivalent_to(batch, x.ndim)
-  chex.assert_trees_all_close(got, want, atol=1e-6)
+  np.testing.assert_array_equal(got[1], want[1])
+
+  def losses(v):
+    logits = mlp_logits(params, jnp.asarray(np.asarray(v)))
+    return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]
+  chex.assert_trees_all_close(losses(got[0]), losses(want[0]), rtol=1e-6, atol=1e-6)
+  apart = np.abs(np.asarray(got[0]) - np.asarray(want[0])).reshape(B, -1).max(axis=1)
+  assert np.sum(apart > 1e-6) <= 1, apart  # At most one tie in 32 examples.
