@@ -180,6 +180,14 @@ def test_matmul_peak_is_a_plausible_rate():
   assert 1e8 < peak < 1e15
 
 
+def test_the_mfu_peak_is_printed_as_measured(text_file):
+  workload, _, _ = _workload_and_batch(text_file, **{'model.dtype': 'bfloat16'})
+  speed = loop._Speed(workload, batch_size=16, num_devices=2)
+  speed.peak_per_device = 6.614e10
+  assert speed.describe() == ('MFU peak: 66.1 GFLOP/s per device x 2, measured now '
+                              '(bfloat16 matmuls)')
+
+
 # -- Runs through the shared loop -------------------------------------------------------
 
 

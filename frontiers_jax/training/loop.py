@@ -188,6 +188,8 @@ def run_training(run: Run) -> dict:
     speed.measure(train_step, mesh, state, pending, example)
   for line in workload.describe(state, speed.flops_per_step):
     _say(config, f'[{workload.name}] {line}')
+  if speed.peak_per_device:
+    _say(config, f'[{workload.name}] {speed.describe()}')
 
   # Resume: the state, and the train metrics summed since the last log step.
   ckpt = checkpoints_lib.Checkpoints(os.path.join(workdir, 'checkpoints'),
@@ -305,6 +307,12 @@ class _Speed:
     self.flops_per_step = flops and flops * self.spec.loop_iterations
     self.peak_per_device = perf.matmul_peak(self.spec.compute_dtype,
                                             mesh.local_devices[0])
+
+  def describe(self) -> str:
+    """The MFU denominator as measured, e.g. 'MFU peak: 66.1 GFLOP/s per device'."""
+    dtype = jnp.dtype(self.spec.compute_dtype).name
+    return (f'MFU peak: {self.peak_per_device / 1e9:,.1f} GFLOP/s per device x '
+            f'{self.num_devices}, measured now ({dtype} matmuls)')
 
   def metrics(self, seconds_per_step: float) -> dict[str, float]:
     out = {'perf/steps_per_s': 1 / seconds_per_step,
