@@ -130,6 +130,7 @@ def test_sample_launcher_writes_a_grid_and_the_images(tiny_run, tmp_path):
     (['--sampler=ddpm', '--steps=7'], "sampler: 'ddpm:7': ddpm takes all 20 steps"),
     (['--label=12'], 'label: 12 is out of range'),
     (['--prompt=a giraffe'], "prompt: 'a giraffe' names no class of digits"),
+    (['--prompt=a seven', '--prompt=a one'], 'prompt: given 2 times'),
 ])
 def test_bad_sample_flags_are_one_line_before_compiling(tiny_run, flags, message):
   workdir, _ = tiny_run

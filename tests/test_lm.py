@@ -226,11 +226,14 @@ def test_bpe_run_counts_bits_per_byte_of_the_text(text_file, tmp_path):
 def test_sample_launcher_prints_text(text_run):
   workdir, _ = text_run
   sample = [sys.executable, 'launch/sample.py', f'--workdir={workdir}', '--prompt=All:',
-            '--num_tokens=12', '--temperature=0.8', '--top_k=5', '--top_p=0.9', '--seed=3',
-            '--num_samples=2']
+            '--prompt=First Citizen, hear', '--num_tokens=12', '--temperature=0.8',
+            '--top_k=5', '--top_p=0.9', '--seed=3', '--num_samples=2']
   done = subprocess.run(sample, cwd=REPO, env=ENV, capture_output=True, text=True)
   assert done.returncode == 0, done.stderr
-  assert done.stdout.count('--- sample') == 2
+  assert done.stdout.count('--- sample') == 4
+  assert done.stdout.count("(prompt 'All:') ---\nAll:") == 2
+  # A comma is part of the prompt: the repeated flag never splits its value.
+  assert done.stdout.count("(prompt 'First Citizen, hear') ---\nFirst Citizen, hear") == 2
   with open(os.path.join(workdir, 'samples', 'lm_seed3.txt')) as f:
     written = f.read()
   assert written in done.stdout
@@ -242,7 +245,7 @@ def test_sample_launcher_prints_text(text_run):
 
 class Flags:
   """launch/sample.py's flags, as `sampling_request` reads them."""
-  prompt, num_tokens, temperature, top_k, top_p, num_samples = 'All:', 12, 0.8, 5, 0.9, 2
+  prompt, num_tokens, temperature, top_k, top_p, num_samples = ['All:'], 12, 0.8, 5, 0.9, 2
 
   def __init__(self, **changes):
     self.__dict__.update(changes)
@@ -250,7 +253,8 @@ class Flags:
 
 @pytest.mark.parametrize('change, message', [
     ({'top_p': 0.0}, 'top_p'), ({'temperature': -1.0}, 'temperature'),
-    ({'prompt': 'Zebra'}, "'Z'"), ({'num_tokens': 0}, 'num_tokens'),
+    ({'prompt': ['Zebra']}, "'Z'"), ({'prompt': ['All:', 'Zebra']}, "'Z'"),
+    ({'prompt': ['All:', '']}, 'empty'), ({'num_tokens': 0}, 'num_tokens'),
     ({'top_k': -1}, 'top_k'), ({'num_samples': 0}, 'num_samples')])
 def test_bad_sampling_flags_are_one_line_errors(text_file, change, message):
   workload = lm.LanguageModel(text_config(text_file))

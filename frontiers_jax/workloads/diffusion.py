@@ -266,7 +266,10 @@ class Diffusion(Workload):
     """Checks launch/sample.py's flags (before anything compiles)."""
     c = self.config
     sampler, steps, num, label = flags.sampler, flags.steps, flags.num, flags.label
-    prompt, guidance = flags.prompt, flags.guidance
+    guidance = flags.guidance
+    check(len(flags.prompt) <= 1, 'prompt', f'given {len(flags.prompt)} times',
+          'give one class name (a diffusion call draws one class)')
+    prompt = flags.prompt[0] if flags.prompt else ''
     steps = steps or (c.diffusion.num_timesteps if sampler == 'ddpm' else c.sample.steps)
     name, steps = parse_sampler(f'{sampler}:{steps}', c.diffusion.num_timesteps)
     check(num > 0, 'num', f'{num} is not allowed', 'give a whole number > 0')

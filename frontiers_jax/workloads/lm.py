@@ -254,23 +254,29 @@ class LanguageModel(Workload):
     return [self.tokenizer.decode(row) for row in np.asarray(out)]
 
   def sampling_request(self, flags) -> dict:
-    """Checks launch/sample.py's flags (before anything compiles)."""
-    s = self.config.sample
-    prompt = flags.prompt or s.prompt
+    """Checks launch/sample.py's flags (before anything compiles).
+
+    `flags.prompt` is a list (the flag may be repeated; empty: the config's
+    prompt); each prompt gets `num_samples` continuations.
+    """
+    prompts = list(flags.prompt) or [self.config.sample.prompt]
     check_sampling(flags.num_tokens, flags.temperature, flags.top_k, flags.top_p,
                    flags.num_samples)
-    self.encode_prompt(prompt)
-    return {'name': 'lm', 'prompt': prompt, 'num_tokens': flags.num_tokens,
+    for prompt in prompts:
+      self.encode_prompt(prompt)
+    return {'name': 'lm', 'prompts': prompts, 'num_tokens': flags.num_tokens,
             'temperature': flags.temperature, 'top_k': flags.top_k, 'top_p': flags.top_p,
             'num_samples': flags.num_samples}
 
   def sample_to_files(self, state, data, request: dict, seed: int, out: str) -> list[str]:
-    """Prints the samples and writes them to `out`.txt."""
+    """Prints the samples of every prompt, decoded as one batch, and writes
+    them to `out`.txt."""
     r = request
-    texts = self.sample_texts(state.params, [r['prompt']] * r['num_samples'], r['num_tokens'],
-                              jax.random.key(seed), r['temperature'], r['top_k'], r['top_p'])
-    path = write_samples(out + '.txt', r['prompt'], texts)
-    print(format_samples(r['prompt'], texts), end='')
+    prompts = [p for p in r['prompts'] for _ in range(r['num_samples'])]
+    texts = self.sample_texts(state.params, prompts, r['num_tokens'], jax.random.key(seed),
+                              r['temperature'], r['top_k'], r['top_p'])
+    path = write_samples(out + '.txt', prompts, texts)
+    print(format_samples(prompts, texts), end='')
     return [path]
 
   def figures(self, state, data, history, fig_dir):
@@ -286,10 +292,11 @@ class LanguageModel(Workload):
       with open(path, 'w') as f:
         f.write(text)
     else:
-      texts = self.sample_texts(state.params, [s.prompt] * s.num_samples, s.num_tokens,
-                                key, s.temperature, s.top_k, s.top_p)
-      text = format_samples(s.prompt, texts)
-      write_samples(os.path.join(fig_dir, 'samples.txt'), s.prompt, texts)
+      prompts = [s.prompt] * s.num_samples
+      texts = self.sample_texts(state.params, prompts, s.num_tokens, key, s.temperature,
+                                s.top_k, s.top_p)
+      text = format_samples(prompts, texts)
+      write_samples(os.path.join(fig_dir, 'samples.txt'), prompts, texts)
     if not c.quiet:
       print(text, end='')
     return paths
@@ -363,13 +370,14 @@ def read_text(path: str, name: str, data_dir: str) -> dict[str, str]:
   return registry.split_text(text)
 
 
-def format_samples(prompt: str, texts: list[str]) -> str:
+def format_samples(prompts: list[str], texts: list[str]) -> str:
+  """Each prompt followed by its continuation, under a numbered header."""
   return ''.join(f'--- sample {i + 1} of {len(texts)} (prompt {prompt!r}) ---\n{prompt}{text}\n'
-                 for i, text in enumerate(texts))
+                 for i, (prompt, text) in enumerate(zip(prompts, texts, strict=True)))
 
 
-def write_samples(path: str, prompt: str, texts: list[str]) -> str:
+def write_samples(path: str, prompts: list[str], texts: list[str]) -> str:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, 'w') as f:
-    f.write(format_samples(prompt, texts))
+    f.write(format_samples(prompts, texts))
   return path
