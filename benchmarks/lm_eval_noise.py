@@ -7,7 +7,7 @@ prints the whole-split loss next to the distribution of the random-batch
 estimate over many draws.
 
   python benchmarks/lm_eval_noise.py --workdir=runs/shakespeare_char_cpu \\
-      [--batches=20] [--batch_size=12] [--draws=500]
+      [--batches=20] [--batch_size=12] [--draws=500] [--at_most=1.88]
 """
 
 import sys
@@ -27,6 +27,7 @@ flags.DEFINE_string('workdir', None, 'a trained lm run')
 flags.DEFINE_integer('batches', 20, 'batches per estimate (nanoGPT: eval_iters)')
 flags.DEFINE_integer('batch_size', 12, 'windows per batch')
 flags.DEFINE_integer('draws', 500, 'independent estimates')
+flags.DEFINE_float('at_most', 1.88, 'also print the share of estimates at or below this loss')
 FLAGS = flags.FLAGS
 
 
@@ -59,6 +60,7 @@ def main(argv):
   print(f'  mean {estimates.mean():.4f}  std {estimates.std():.4f}  '
         f'min {estimates.min():.4f}  5th percentile {np.percentile(estimates, 5):.4f}  '
         f'95th {np.percentile(estimates, 95):.4f}')
+  print(f'  share of estimates <= {FLAGS.at_most}: {np.mean(estimates <= FLAGS.at_most):.3f}')
 
 
 if __name__ == '__main__':
