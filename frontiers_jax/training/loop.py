@@ -309,7 +309,8 @@ class _Speed:
                                             mesh.local_devices[0])
 
   def describe(self) -> str:
-    """The MFU denominator as measured, e.g. 'MFU peak: 66.1 GFLOP/s per device'."""
+    """The MFU denominator as measured, e.g. 'MFU peak: 66.1 GFLOP/s per device x
+    1, measured now (float32 matmuls)'."""
     dtype = jnp.dtype(self.spec.compute_dtype).name
     return (f'MFU peak: {self.peak_per_device / 1e9:,.1f} GFLOP/s per device x '
             f'{self.num_devices}, measured now ({dtype} matmuls)')

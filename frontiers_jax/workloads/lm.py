@@ -221,7 +221,7 @@ class LanguageModel(Workload):
   def describe(self, state, flops_per_step):
     m = self.config.model
     n = model_lib.count_params(state.params)
-    plural = lambda n, word: f'{n} {word}' + ('' if n == 1 else 's')
+    plural = lambda count, word: f'{count} {word}' + ('' if count == 1 else 's')
     lines = [f'model: {plural(m.num_layers, "layer")}, {plural(m.num_heads, "head")}'
              + (f' ({m.num_kv_heads} key/value heads)' if m.num_kv_heads else '')
              + f', width {m.width}, context {m.context}, {m.positions} positions, '
