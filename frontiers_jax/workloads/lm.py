@@ -273,11 +273,21 @@ class LanguageModel(Workload):
     them to `out`.txt."""
     r = request
     prompts = [p for p in r['prompts'] for _ in range(r['num_samples'])]
-    texts = self.sample_texts(state.params, prompts, r['num_tokens'], jax.random.key(seed),
-                              r['temperature'], r['top_k'], r['top_p'])
-    path = write_samples(out + '.txt', prompts, texts)
-    print(format_samples(prompts, texts), end='')
+    path = out + '.txt'
+    print(self.write_samples(path, state.params, prompts, r['num_tokens'],
+                             jax.random.key(seed), r['temperature'], r['top_k'], r['top_p']),
+          end='')
     return [path]
+
+  def write_samples(self, path: str, params, prompts: list[str], num_tokens: int, key,
+                    temperature: float, top_k: int, top_p: float) -> str:
+    """`sample_texts`, written to `path` under a header per sample; returns the text."""
+    texts = self.sample_texts(params, prompts, num_tokens, key, temperature, top_k, top_p)
+    text = format_samples(prompts, texts)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, 'w') as f:
+      f.write(text)
+    return text
 
   def figures(self, state, data, history, fig_dir):
     c = self.config
@@ -292,11 +302,9 @@ class LanguageModel(Workload):
       with open(path, 'w') as f:
         f.write(text)
     else:
-      prompts = [s.prompt] * s.num_samples
-      texts = self.sample_texts(state.params, prompts, s.num_tokens, key, s.temperature,
-                                s.top_k, s.top_p)
-      text = format_samples(prompts, texts)
-      write_samples(os.path.join(fig_dir, 'samples.txt'), prompts, texts)
+      text = self.write_samples(os.path.join(fig_dir, 'samples.txt'), state.params,
+                                [s.prompt] * s.num_samples, s.num_tokens, key,
+                                s.temperature, s.top_k, s.top_p)
     if not c.quiet:
       print(text, end='')
     return paths
@@ -375,9 +383,3 @@ def format_samples(prompts: list[str], texts: list[str]) -> str:
   return ''.join(f'--- sample {i + 1} of {len(texts)} (prompt {prompt!r}) ---\n{prompt}{text}\n'
                  for i, (prompt, text) in enumerate(zip(prompts, texts, strict=True)))
 
-
-def write_samples(path: str, prompts: list[str], texts: list[str]) -> str:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, 'w') as f:
-    f.write(format_samples(prompts, texts))
-  return path
