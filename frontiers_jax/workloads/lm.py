@@ -382,4 +382,3 @@ def format_samples(prompts: list[str], texts: list[str]) -> str:
   """Each prompt followed by its continuation, under a numbered header."""
   return ''.join(f'--- sample {i + 1} of {len(texts)} (prompt {prompt!r}) ---\n{prompt}{text}\n'
                  for i, (prompt, text) in enumerate(zip(prompts, texts, strict=True)))
-
