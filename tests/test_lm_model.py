@@ -69,6 +69,26 @@ def test_causal(positions):
   assert np.all(np.abs(before[:, j:] - after[:, j:]).max(axis=-1) > 0)
 
 
+def test_rotary_is_a_complex_rotation_by_position():
+  """Against float64 complex numbers: channel pair (i, i + H/2) is z = a + ib,
+  turned by e^(i p theta_i) with theta_i = 10000^(-2i/H); so a query at p and
+  a key at r score the same as at p + s and r + s."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 5, 3, 8))
+  positions = np.array([[0, 1, 2, 40, 63], [7, 3, 0, 1, 1000]])
+  got = np.asarray(lm.rotary(jnp.asarray(x, jnp.float32), jnp.asarray(positions)), np.float64)
+  theta = 10000.0 ** (-np.arange(4) / 4)
+  z = (x[..., :4] + 1j * x[..., 4:]) * np.exp(1j * positions[:, :, None, None] * theta)
+  np.testing.assert_allclose(got, np.concatenate([z.real, z.imag], axis=-1), atol=2e-5)
+
+  def score(p, r):
+    q, k = (lm.rotary(jnp.asarray(v, jnp.float32)[None, None, None], jnp.array([[t]]))
+            for v, t in ((x[0, 0, 0], p), (x[0, 1, 0], r)))
+    return float(jnp.vdot(q, k))
+  assert score(9, 4) == pytest.approx(score(30, 25), abs=1e-5)
+  assert score(9, 4) != pytest.approx(score(9, 5), abs=1e-3)
+
+
 def test_training_path_equals_masked_path():
   """is_causal without a mask == the explicit mask with no padding."""
   model = tiny()
