@@ -36,7 +36,7 @@ def test_variants_differ_where_named():
   assert load('diffusion.py:fashion_mnist_cpu').num_steps == 2000
 
 
-# The one choice the issue leaves open, the positions: rotary on the CPU
+# A choice the issue leaves to the config, the positions: rotary on the CPU
 # model (measured better there), nanoGPT's learned table on the GPU model.
 @pytest.mark.parametrize('spec, shape, dropout, positions', [
     ('lm.py:shakespeare_char_cpu', (4, 4, 128, 64, 12, 2000), 0.0, 'rotary'),
