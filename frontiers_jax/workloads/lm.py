@@ -294,14 +294,13 @@ class LanguageModel(Workload):
     paths = [plots.loss_curve(history, f'{c.data.name}: next-token loss',
                               f'{fig_dir}/lm_loss.png', ylabel='cross-entropy (nats/token)',
                               eval_label='validation (whole split)', yscale='linear')]
-    key = jax.random.fold_in(jax.random.key(c.seed), _SAMPLE_STREAM)
-    s = c.sample
     if c.data.name == 'arithmetic':
       text = self.arithmetic_examples(state, data)
-      path = os.path.join(fig_dir, 'examples.txt')
-      with open(path, 'w') as f:
+      with open(os.path.join(fig_dir, 'examples.txt'), 'w') as f:
         f.write(text)
     else:
+      s = c.sample
+      key = jax.random.fold_in(jax.random.key(c.seed), _SAMPLE_STREAM)
       text = self.write_samples(os.path.join(fig_dir, 'samples.txt'), state.params,
                                 [s.prompt] * s.num_samples, s.num_tokens, key,
                                 s.temperature, s.top_k, s.top_p)
