@@ -26,8 +26,8 @@ from absl import app, flags, logging
 
 sys.path.insert(0, '.')
 from frontiers_jax import config as config_lib  # noqa: E402
+from frontiers_jax import runs as runs_lib  # noqa: E402
 from frontiers_jax.training import checkpoints as checkpoints_lib  # noqa: E402
-from frontiers_jax.training import loop  # noqa: E402
 
 flags.DEFINE_string('config', 'configs/lm.py:shakespeare_char_cpu', 'the config to train')
 flags.DEFINE_integer('steps', 400, 'training steps per run')
@@ -54,7 +54,7 @@ def run(mode: str, workdir: str) -> float:
       self.wait()
     checkpoints_lib.Checkpoints.save = save_and_wait
   try:
-    summary = loop.train_and_evaluate(config, workdir)
+    summary = runs_lib.train(config, workdir)
   finally:
     checkpoints_lib.Checkpoints.save = save
   return 1 / summary['steps_per_s']

@@ -19,6 +19,7 @@ from absl import app, flags, logging
 
 sys.path.insert(0, '.')
 from frontiers_jax import config as config_lib  # noqa: E402
+from frontiers_jax import runs  # noqa: E402
 from frontiers_jax.data import pipeline  # noqa: E402
 from frontiers_jax.training import loop  # noqa: E402
 from frontiers_jax.workloads import lm  # noqa: E402
@@ -35,7 +36,7 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
   config = config_lib.load_run_config(FLAGS.workdir)
-  run = loop.prepare(config, FLAGS.workdir)
+  run = runs.prepare(config, FLAGS.workdir)
   state = loop.restore_trained(run)
   workload, context = run.workload, config.model.context
   text = lm.read_text(config.data.path, config.data.name, config.data.dir)

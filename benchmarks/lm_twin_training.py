@@ -26,9 +26,11 @@ from absl import flags, logging
 
 sys.path.insert(0, '.')
 from frontiers_jax import cli  # noqa: E402
+from frontiers_jax import runs  # noqa: E402
 from frontiers_jax.bench import torch_gpt, torch_optim  # noqa: E402
 from frontiers_jax.training import loop  # noqa: E402
 
+cli.define_config_flag(__name__)
 flags.DEFINE_integer('num_steps', 0, "steps (0: the config's)")
 flags.DEFINE_integer('print_every', 250, 'steps between printed train losses')
 FLAGS = flags.FLAGS
@@ -42,7 +44,7 @@ def main(argv):
   if FLAGS.num_steps:
     config.num_steps = FLAGS.num_steps
   config.quiet = True
-  run = loop.prepare(config, '/tmp/lm_twin_training')  # never written
+  run = runs.prepare(config, '/tmp/lm_twin_training')  # never written
   workload, data = run.workload, run.data
   batches = workload.train_batches(data, config.batch_size, config.seed)
   first = jax.tree.map(jnp.asarray, batches(0))

@@ -1,7 +1,9 @@
-"""Configs as code: `configs/<experiment>.py:<variant>` files, overrides, checks.
+"""Configs as code: `<experiment>[:<variant>]` files, overrides, checks.
 
 A config file defines `get_config(arg)` returning an `ml_collections.ConfigDict`
-built on `base_config()`. The launcher loads it with `load_config`, applies
+built on `base_config()`, and `VARIANTS`. `--config=lm:tiny` names a packaged
+file (`frontiers_jax/configs/lm.py`), `--config=path/to/exp.py:tiny` any other.
+The launcher loads it with `load_config`, applies
 `--config.a.b=value` overrides with `apply_overrides` (the config is locked: an
 unknown key fails) and checks the shared keys with `validate_common`. Every
 failure is a one-line `UsageError`, raised before anything is compiled.
@@ -22,6 +24,8 @@ OPTIMIZERS = ('adam', 'adamw', 'sgd', 'momentum')
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
 # `model.dtype`, the compute precision; parameters and optimizer state stay float32.
 DTYPES = ('float32', 'bfloat16')
+# The packaged experiments (`configs/` in a clone links here).
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -87,23 +91,63 @@ def classifier_config(name: str = 'mlp') -> ml_collections.ConfigDict:
   return m
 
 
-def variant(arg: str | None, names: Sequence[str], default: str) -> str:
-  """Checks the variant named in `file.py:name` (`default` when none is)."""
-  name = arg or default
+def variant(arg: str | None, names: Sequence[str], default: str | None = None) -> str:
+  """Checks the variant named in `file.py:name`; none named is `default`, else
+  the first of `names` (a config's `VARIANTS` lists its default first)."""
+  name = arg or default or next(iter(names))
   check(name in names, 'config', f'unknown variant {name!r}',
         f'variants are {", ".join(names)}')
   return name
 
 
+def experiments() -> list[str]:
+  """The names of the packaged experiments (`frontiers configs` lists them)."""
+  return sorted(name[:-3] for name in os.listdir(CONFIGS_DIR)
+                if name.endswith('.py') and not name.startswith('_'))
+
+
+def config_path(name: str) -> str:
+  """The file of `name`: a packaged experiment (`lm`) or a path (`my/exp.py`)."""
+  check(bool(name), 'config', 'no config file given',
+        'pass --config=<experiment>[:variant], e.g. lm:tiny (frontiers configs lists them)')
+  if not name.endswith('.py') and os.sep not in name and '/' not in name:
+    check(name in experiments(), 'config', f'unknown experiment {name!r}',
+          f'experiments are {", ".join(experiments())}; or give a path/to/file.py')
+    return os.path.join(CONFIGS_DIR, name + '.py')
+  check(not os.path.isdir(name), 'config', f'{name} is a directory',
+        'pass a .py file: path/to/file.py[:variant]')
+  check(os.path.isfile(name), 'config', f'{name} does not exist',
+        'pass an existing path/to/file.py[:variant] or a packaged experiment like lm:tiny')
+  check(name.endswith('.py'), 'config', f'{name} is not a .py file',
+        'pass path/to/file.py[:variant]')
+  return name
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
-  """Loads `path/to/file.py[:arg]`, calls its `get_config(arg)` and locks it."""
-  path, _, arg = spec.partition(':')
-  check(bool(path), 'config', 'no config file given',
-        'pass --config=configs/<experiment>.py[:variant]')
-  check(os.path.isfile(path), 'config', f'{path} does not exist',
-        'pass an existing configs/<experiment>.py[:variant]')
-  check(path.endswith('.py'), 'config', f'{path} is not a .py file',
-        'pass configs/<experiment>.py[:variant]')
+  """Loads `experiment[:arg]` or `path/to/file.py[:arg]`, calls its
+  `get_config(arg)` and locks it."""
+  name, _, arg = spec.partition(':')
+  path = config_path(name)
+  module = _load_module(path)
+  check(hasattr(module, 'get_config'), 'config',
+        f'{path} defines no get_config(arg)', 'define get_config(arg)')
+  config = module.get_config(arg or None)
+  config.lock()
+  return config
+
+
+def describe_experiments() -> list[tuple[str, str, dict[str, str]]]:
+  """(name, the first line of its docstring, {variant: one line}) of each
+  packaged experiment; the first variant is the default."""
+  out = []
+  for name in experiments():
+    module = _load_module(config_path(name))
+    summary = (module.__doc__ or '').strip().splitlines()[:1]
+    out.append((name, summary[0] if summary else '', dict(getattr(module, 'VARIANTS', {}))))
+  return out
+
+
+def _load_module(path: str):
   module_spec = importlib.util.spec_from_file_location('_frontiers_config', path)
   module = importlib.util.module_from_spec(module_spec)
   try:
@@ -113,11 +157,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   except Exception as e:  # A broken config file is still one line.
     raise UsageError('config', f'{path} failed to load ({type(e).__name__}: '
                      f'{e})', 'fix the file') from e
-  check(hasattr(module, 'get_config'), 'config',
-        f'{path} defines no get_config(arg)', 'define get_config(arg)')
-  config = module.get_config(arg or None)
-  config.lock()
-  return config
+  return module
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -130,7 +170,7 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   """
   path = os.path.join(workdir, 'config.json')
   check(os.path.isfile(path), 'workdir', f'{path} does not exist',
-        'pass the workdir of a run made by launch/train.py')
+        'pass the workdir of a run made by frontiers train')
   with open(path) as f:
     try:
       values = json.load(f)
@@ -150,8 +190,7 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
 def _current_defaults(workload: str) -> dict:
   """Today's default values of a workload's keys, for runs saved before some existed."""
   defaults = base_config().to_dict()
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      'configs', f'{workload}.py')
+  path = os.path.join(CONFIGS_DIR, f'{workload}.py')
   if workload and os.path.isfile(path):
     try:
       defaults = load_config(path).to_dict()
@@ -184,12 +223,16 @@ def _tuples(value):
 def split_override_args(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
   """Separates `--config.a.b=v` arguments from the others.
 
-  `--config.a.b v` (value as the next argument) is accepted too.
+  `--config.a.b v` (value as the next argument) is accepted too. Arguments
+  after `--` are left as they are: they are for another program (`frontiers
+  cluster` and `frontiers tpu` pass them to train).
   """
   rest, overrides = [], []
   args = list(argv)
   while args:
     arg = args.pop(0)
+    if arg == '--':
+      return rest + [arg] + args, overrides
     if arg.startswith('--config.'):
       key, eq, value = arg[len('--config.'):].partition('=')
       if not eq:

@@ -1,6 +1,6 @@
 """N JAX processes on this machine, to test multi-process code without a cluster.
 
-`run(...)` starts N copies of a program (launch/train.py by default) on
+`run(...)` starts N copies of a program (`frontiers train` by default) on
 127.0.0.1, each with `--coordinator_address`, `--num_processes` and
 `--process_id` added to its arguments and `devices_per_process` fake CPU
 devices (`XLA_FLAGS=--xla_force_host_platform_device_count`). They find each
@@ -50,8 +50,8 @@ def check_args(program: str, args: list[str], num_processes: int,
   check(0 <= port < 65536, 'port', f'{port} is not allowed',
         'give 0 (a free port) or 1 to 65535')
   check(timeout_s > 0, 'timeout_s', f'{timeout_s} is not allowed', 'give seconds > 0')
-  check(os.path.isfile(program), 'program', f'{program} does not exist',
-        'give a Python file, e.g. launch/train.py')
+  check(not program or os.path.isfile(program), 'program', f'{program} does not exist',
+        'give a Python file, or leave --program out (frontiers train)')
   for arg in args:
     check(not arg.startswith(DISTRIBUTED_FLAGS), 'args', f'{arg} is set by the launcher',
           'leave out --coordinator_address, --num_processes and --process_id')
@@ -68,7 +68,9 @@ def child_env(devices_per_process: int, base: dict[str, str]) -> dict[str, str]:
 
 def child_command(program: str, args: list[str], address: str, num_processes: int,
                   process_id: int) -> list[str]:
-  return [sys.executable, program, *args, f'--coordinator_address={address}',
+  """The command line of process `process_id`; no `program`: `frontiers train`."""
+  head = [program] if program else ['-m', 'frontiers_jax', 'train']
+  return [sys.executable, *head, *args, f'--coordinator_address={address}',
           f'--num_processes={num_processes}', f'--process_id={process_id}']
 
 

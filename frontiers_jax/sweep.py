@@ -16,17 +16,23 @@ import ml_collections
 
 from frontiers_jax import config as config_lib
 from frontiers_jax import report
+from frontiers_jax import runs as runs_lib
+from frontiers_jax import workloads
+from frontiers_jax.errors import UsageError
 from frontiers_jax.training import logs
 from frontiers_jax.training import loop
-from frontiers_jax.workloads import approximation, generalization, lm, uncertainty
 
-# Figures across the runs of a sweep, per workload.
-SWEEP_FIGURES = {
-    'approximation': approximation.sweep_figures,
-    'generalization': generalization.sweep_figures,
-    'lm': lm.sweep_figures,
-    'uncertainty': uncertainty.sweep_figures,
-}
+
+def sweep_spec(flag: str | None, config) -> tuple[str, list[str]]:
+  """The key and values of --sweep=KEY=V1,V2,..., else of the config's own
+  `sweep` entry (configs/emergence.py names its model sizes)."""
+  spec = flag or config.get('sweep', '')
+  key, _, values = spec.partition('=')
+  values = [v for v in values.split(',') if v]
+  if not key or not values:
+    raise UsageError('sweep', f'{spec!r} names no key and values',
+                     'pass --sweep=KEY=V1,V2,... e.g. --sweep=randomization=none,random_labels')
+  return key, values
 
 
 def sweep_configs(config: ml_collections.ConfigDict, key: str,
@@ -44,7 +50,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, key: str,
               values: Sequence[Any]) -> dict[str, dict]:
   """Trains one run per value; returns {value: {summary, history, config, ...}}."""
   configs = sweep_configs(config, key, [str(v) for v in values])
-  prepared = [loop.prepare(c, os.path.join(workdir, f'{key}={v}'))
+  prepared = [runs_lib.prepare(c, os.path.join(workdir, f'{key}={v}'))
               for c, v in zip(configs, values)]
   runs = {}
   for value, run in zip(values, prepared):
@@ -59,8 +65,9 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, key: str,
 
 
 def sweep_figures(workload: str, runs: dict[str, dict], fig_dir: str) -> list[str]:
+  """The figures that compare the runs (`Workload.sweep_figures`)."""
   os.makedirs(fig_dir, exist_ok=True)
-  return SWEEP_FIGURES[workload](runs, fig_dir)
+  return workloads.workload_class(workload).sweep_figures(runs, fig_dir)
 
 
 def run_and_report(config: ml_collections.ConfigDict, workdir: str, key: str,

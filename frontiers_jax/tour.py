@@ -15,6 +15,7 @@ import ml_collections
 from frontiers_jax import config as config_lib
 from frontiers_jax import data as data_lib
 from frontiers_jax import report
+from frontiers_jax import runs as runs_lib
 from frontiers_jax import sweep
 from frontiers_jax.errors import UsageError
 from frontiers_jax.training import loop
@@ -158,7 +159,7 @@ def adversarial_section(load: ConfigLoader, workdir: str, quick: bool) -> report
     figures.append(os.path.join(run['workdir'], 'figures', 'adversarial_examples.png'))
   standard, robust = runs['standard']['summary']['final'], runs['pgd']['summary']['final']
   # EOT on the standard model: adversarial examples that survive transformations.
-  run = loop.prepare(sweep.sweep_configs(config, 'train_method', ['standard'])[0],
+  run = runs_lib.prepare(sweep.sweep_configs(config, 'train_method', ['standard'])[0],
                      runs['standard']['workdir'])
   eot_result, eot_figure = run.workload.eot_comparison(
       loop.restore_trained(run), run.data['test'], run.workdir)
@@ -198,7 +199,7 @@ def diffusion_section(load: ConfigLoader, workdir: str, quick: bool) -> report.S
     config.eval.num_samples = 1000
     config.eval.accuracy_samples = 50
     config.eval.bpd_examples = 100
-  run = loop.prepare(config, workdir)
+  run = runs_lib.prepare(config, workdir)
   summary = loop.run_training(run)
   result = {'num_samples': 0, 'fid': {}, 'fid_floor': None,
             'classifier_test_accuracy': float('nan')}
@@ -276,7 +277,7 @@ def lm_section(load: ConfigLoader, workdir: str, quick: bool) -> report.Section:
     shakespeare.eval_every = 1000
     shakespeare.optim.warmup_steps = 50
     text_dir = os.path.join(os.path.dirname(workdir), 'shakespeare')
-    summary = loop.train_and_evaluate(shakespeare, text_dir)
+    summary = runs_lib.train(shakespeare, text_dir)
     with open(os.path.join(text_dir, 'figures', 'samples.txt')) as f:
       samples = f.read()
     paragraphs.append(

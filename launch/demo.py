@@ -1,14 +1,8 @@
-"""The lecture tour on bundled data, written to one HTML report.
+"""`frontiers demo` from a clone: `python launch/demo.py --help` lists its flags."""
 
-  python launch/demo.py [--workdir=runs/demo] [--quick]
-"""
+import sys
 
-from absl import flags
-
-from frontiers_jax import cli
-
-flags.DEFINE_bool('quick', False, 'tiny configs: a smoke test in seconds')
-
+from frontiers_jax import commands
 
 if __name__ == '__main__':
-  cli.main(cli.demo)
+  commands.run('demo', sys.argv[1:])

@@ -1,16 +1,8 @@
-"""Trains, evaluates and plots one experiment from a config file.
+"""`frontiers train` from a clone: `python launch/train.py --help` lists its flags."""
 
-  python launch/train.py --config=configs/generalization.py:mnist --workdir=D \
-      [--config.randomization=random_labels ...]
+import sys
 
-Bad input exits with status 2 and one line `error: <key or file>: <what is
-wrong>; <what is allowed>`, before anything is compiled or written. A run
-that diverges (NaN/Inf) exits with 1; one stopped by SIGTERM exits with 143
-after writing a checkpoint. Running the same command again resumes.
-"""
-
-from frontiers_jax import cli
-
+from frontiers_jax import commands
 
 if __name__ == '__main__':
-  cli.main(cli.train)
+  commands.run('train', sys.argv[1:])

@@ -6,14 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from frontiers_jax.training import loop
+from frontiers_jax import runs
 from frontiers_jax.workloads import adversarial
 from conftest import load
 
 
 @pytest.mark.parametrize('method', adversarial.METHODS)
 def test_tiny_run_of_each_training_method(tmp_path, method):
-  summary = loop.train_and_evaluate(load('adversarial.py:tiny', train_method=method),
+  summary = runs.train(load('adversarial.py:tiny', train_method=method),
                                     str(tmp_path / method))
   final = summary['final']
   assert 0 <= final['eval/robust_accuracy'] <= final['eval/accuracy'] <= 1
@@ -41,7 +41,7 @@ def test_pgd_training_buys_robustness_on_digits(tmp_path):
                   eval_every=300, log_every=100, checkpoint_every=300,
                   **{'attack.train_steps': 4, 'attack.eval_steps': 10,
                      'attack.step_size': 0.1, 'optim.learning_rate': 3e-3})
-    results[method] = loop.train_and_evaluate(config, str(tmp_path / method))['final']
+    results[method] = runs.train(config, str(tmp_path / method))['final']
   standard, robust = results['standard'], results['pgd']
   assert standard['eval/accuracy'] > 0.85
   assert standard['eval/robust_accuracy'] < standard['eval/accuracy'] - 0.5  # attack works

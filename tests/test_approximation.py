@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from frontiers_jax.training import loop
+from frontiers_jax import runs
 from frontiers_jax.workloads import approximation as approx
 from conftest import load
 
@@ -67,6 +67,6 @@ def test_error_falls_with_width(tmp_path):
   config = load('approximation.py:tiny', widths='(1,8,64)', num_steps=1000,
                 log_every=500, eval_every=1000, checkpoint_every=1000, batch_size=128,
                 num_train=512, grid=201, **{'optim.learning_rate': 1e-2})
-  summary = loop.train_and_evaluate(config, str(tmp_path / 'run'))
+  summary = runs.train(config, str(tmp_path / 'run'))
   errors = [summary['final'][f'eval/{approx.width_key(w)}'] for w in (1, 8, 64)]
   assert errors[0] > 3 * errors[1] > 3 * 3 * errors[2], errors

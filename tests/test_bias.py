@@ -12,9 +12,9 @@ import pytest
 import scipy.stats
 
 from frontiers_jax import dbvae
+from frontiers_jax import runs
 from frontiers_jax.data import bias as bias_data
 from frontiers_jax.errors import UsageError
-from frontiers_jax.training import loop
 from frontiers_jax.workloads import bias
 from frontiers_jax.workloads import create
 from conftest import load
@@ -218,7 +218,7 @@ def test_the_dbvae_step_records_its_pools_and_refreshes_the_weights(fast_compile
 
 def test_a_pool_larger_than_the_training_set_is_a_usage_error():
   with pytest.raises(UsageError, match='config.dbvae.pool_factor: pools of 512'):
-    loop.prepare(load('bias.py:tiny', method='dbvae', **{'dbvae.pool_factor': 16}), '/tmp')
+    runs.prepare(load('bias.py:tiny', method='dbvae', **{'dbvae.pool_factor': 16}), '/tmp')
 
 
 def _records(workdir):
@@ -252,7 +252,7 @@ def test_tiny_runs_report_subgroups_and_draw_figures(tmp_path, fast_compile, mon
   if method != 'standard':  # The figures are the same code for every method.
     monkeypatch.setattr(bias.Bias, 'figures', lambda *args: [])
   workdir = str(tmp_path / method)
-  summary = loop.train_and_evaluate(load('bias.py:tiny', method=method), workdir)
+  summary = runs.train(load('bias.py:tiny', method=method), workdir)
   final = summary['final']
   for key in ('aligned_accuracy', 'conflicting_accuracy', 'accuracy_gap', 'follows_colour'):
     assert np.isfinite(final[f'eval/{key}']), key
@@ -267,6 +267,6 @@ def test_tiny_runs_report_subgroups_and_draw_figures(tmp_path, fast_compile, mon
   shutil.rmtree(os.path.join(workdir, 'checkpoints', '12'))
   os.remove(os.path.join(workdir, 'summary.json'))
   reference = _records(workdir)
-  resumed = loop.train_and_evaluate(load('bias.py:tiny', method=method), workdir)
+  resumed = runs.train(load('bias.py:tiny', method=method), workdir)
   assert resumed['resumed_from_step'] == 8
   assert _records(workdir) == reference

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from frontiers_jax import runs
 from frontiers_jax import workloads
 from frontiers_jax.errors import UsageError
 from frontiers_jax.training import loop
@@ -144,7 +145,7 @@ def test_bad_sample_flags_are_one_line_before_compiling(tiny_run, flags, message
 def test_evaluation_reports_fid_accuracy_and_bits(tiny_run):
   workdir, _ = tiny_run
   config = load('diffusion.py:tiny')
-  run = loop.prepare(config, workdir)
+  run = runs.prepare(config, workdir)
   state = loop.restore_trained(run)
   result = run.workload.evaluate_generation(state, run.data, workdir, say=lambda _: None)
   assert set(result['fid']) == {'ddpm', 'ddim', 'dpm_solver'}

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from frontiers_jax.training import loop
+from frontiers_jax import runs
 from frontiers_jax.workloads import generalization as gen
 from conftest import load
 
@@ -90,6 +90,6 @@ def test_mlp_memorizes_random_labels_of_a_small_set(tmp_path):
                 num_steps=300, log_every=100, eval_every=300,
                 **{'model.hidden': '(256,)', 'optim.learning_rate': 3e-3,
                    'data.train_size': 128, 'optim.schedule': 'constant'})
-  summary = loop.train_and_evaluate(config, str(tmp_path / 'run'))
+  summary = runs.train(config, str(tmp_path / 'run'))
   assert summary['final']['eval_train/accuracy'] == 1.0
   assert summary['final']['eval/accuracy'] < 0.25

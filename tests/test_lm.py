@@ -1,5 +1,6 @@
 """The language-model workload: data, steps, metrics, launchers, sweep."""
 
+import dataclasses
 import math
 import os
 import subprocess
@@ -10,13 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from frontiers_jax import cli
 from frontiers_jax import config as config_lib
+from frontiers_jax import runs
+from frontiers_jax import sweep
 from frontiers_jax.data import pipeline
 from frontiers_jax.errors import UsageError
 from frontiers_jax.lm import arithmetic, model as model_lib
 from frontiers_jax.training import loop, optim, perf
 from frontiers_jax.workloads import lm
+from frontiers_jax.workloads.base import SampleRequest
 from attack_models import fast_jit
 from conftest import REPO, load
 
@@ -195,7 +198,7 @@ def test_the_mfu_peak_is_printed_as_measured(text_file):
 def text_run(tmp_path_factory, text_file):
   workdir = str(tmp_path_factory.mktemp('lm') / 'run')
   config = text_config(text_file)
-  summary = loop.train_and_evaluate(config, workdir)
+  summary = runs.train(config, workdir)
   return workdir, summary
 
 
@@ -217,7 +220,7 @@ def test_text_run_reports_loss_perplexity_bits_and_speed(text_run):
 def test_bpe_run_counts_bits_per_byte_of_the_text(text_file, tmp_path):
   config = text_config(text_file, **{'data.tokenizer': 'bpe', 'data.vocab_size': 300,
                                      'num_steps': 3, 'eval_every': 0})
-  summary = loop.train_and_evaluate(config, str(tmp_path / 'bpe'))
+  summary = runs.train(config, str(tmp_path / 'bpe'))
   final = summary['final']
   # Each BPE token covers more than one byte: fewer bits per byte than per token.
   assert final['eval/bits_per_byte'] < 0.8 * final['eval/loss'] / math.log(2)
@@ -243,25 +246,23 @@ def test_sample_launcher_prints_text(text_run):
   assert 'top_p' in bad.stderr
 
 
-class Flags:
-  """launch/sample.py's flags, as `sampling_request` reads them."""
-  prompt, num_tokens, temperature, top_k, top_p, num_samples = ['All:'], 12, 0.8, 5, 0.9, 2
-
-  def __init__(self, **changes):
-    self.__dict__.update(changes)
+def request(**changes) -> SampleRequest:
+  """`frontiers sample`'s flags, as `check_sample` reads them."""
+  return dataclasses.replace(SampleRequest(prompts=('All:',), num_tokens=12, temperature=0.8,
+                                           top_k=5, top_p=0.9, num_samples=2), **changes)
 
 
 @pytest.mark.parametrize('change, message', [
     ({'top_p': 0.0}, 'top_p'), ({'temperature': -1.0}, 'temperature'),
-    ({'prompt': ['Zebra']}, "'Z'"), ({'prompt': ['All:', 'Zebra']}, "'Z'"),
-    ({'prompt': ['All:', '']}, 'empty'), ({'num_tokens': 0}, 'num_tokens'),
+    ({'prompts': ('Zebra',)}, "'Z'"), ({'prompts': ('All:', 'Zebra')}, "'Z'"),
+    ({'prompts': ('All:', '')}, 'empty'), ({'num_tokens': 0}, 'num_tokens'),
     ({'top_k': -1}, 'top_k'), ({'num_samples': 0}, 'num_samples')])
 def test_bad_sampling_flags_are_one_line_errors(text_file, change, message):
   workload = lm.LanguageModel(text_config(text_file))
   workload.load_data()
-  workload.sampling_request(Flags())
+  workload.check_sample(request())
   with pytest.raises(UsageError, match=message) as error:
-    workload.sampling_request(Flags(**change))
+    workload.check_sample(request(**change))
   assert '\n' not in error.value.line()
 
 
@@ -269,7 +270,7 @@ def test_same_seed_same_text_and_greedy_is_deterministic(text_run, text_file):
   workdir, _ = text_run
   workload = lm.LanguageModel(config_lib.load_run_config(workdir))
   workload.load_data()
-  state = loop.restore_trained(loop.prepare(workload.config, workdir))
+  state = loop.restore_trained(runs.prepare(workload.config, workdir))
   texts = lambda seed, temperature: workload.sample_texts(
       state.params, ['All:', 'First'], 15, jax.random.key(seed), temperature, 5, 0.9)
   assert texts(1, 0.8) == texts(1, 0.8)
@@ -280,7 +281,7 @@ def test_same_seed_same_text_and_greedy_is_deterministic(text_run, text_file):
 
 def test_emergence_config_names_its_sweep_and_the_flag_overrides_it():
   config = load('emergence.py')
-  key, values = cli.sweep_spec(None, config)
+  key, values = sweep.sweep_spec(None, config)
   assert key == 'model.width' and len(values) >= 5
   sizes = []
   for width in values:
@@ -289,9 +290,9 @@ def test_emergence_config_names_its_sweep_and_the_flag_overrides_it():
         vocab_size=len(arithmetic.ALPHABET), context=c.model.context,
         num_layers=c.model.num_layers, num_heads=c.model.num_heads, width=c.model.width)))
   assert sizes == sorted(sizes) and sizes[-1] >= 30 * sizes[0]  # the issue's span
-  assert cli.sweep_spec('seed=1,2', config) == ('seed', ['1', '2'])
+  assert sweep.sweep_spec('seed=1,2', config) == ('seed', ['1', '2'])
   with pytest.raises(UsageError, match='sweep'):
-    cli.sweep_spec(None, load('lm.py:tiny'))
+    sweep.sweep_spec(None, load('lm.py:tiny'))
 
 
 @pytest.mark.parametrize('key, value, message', [
@@ -311,5 +312,5 @@ def test_bad_config_is_one_line_error_before_compiling(key, value, message, tmp_
   config = load('lm.py:tiny')
   config_lib.apply_overrides(config, [(key, value)])
   with pytest.raises(UsageError, match=message):
-    loop.prepare(config, str(tmp_path / 'never'))
+    runs.prepare(config, str(tmp_path / 'never'))
   assert not os.path.exists(tmp_path / 'never')

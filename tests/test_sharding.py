@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from frontiers_jax import runs
 from frontiers_jax.errors import UsageError
 from frontiers_jax.training import loop, sharding
 from conftest import load
@@ -50,7 +51,7 @@ def test_mesh_is_data_by_fsdp_in_process_order():
 ])
 def test_bad_fsdp_size_is_one_error_before_anything_runs(tmp_path, overrides, problem):
   with pytest.raises(UsageError) as e:
-    loop.prepare(load('generalization.py:tiny', **overrides), str(tmp_path / 'run'))
+    runs.prepare(load('generalization.py:tiny', **overrides), str(tmp_path / 'run'))
   assert e.value.where == 'config.mesh.fsdp'
   assert e.value.problem == problem
   assert not os.path.exists(tmp_path / 'run')
@@ -59,7 +60,7 @@ def test_bad_fsdp_size_is_one_error_before_anything_runs(tmp_path, overrides, pr
 def _train(tmp_path, spec, fsdp, name=None, **overrides):
   workdir = str(tmp_path / (name or f'fsdp{fsdp}'))
   config = load(spec, **{'mesh.fsdp': fsdp, 'mesh.fsdp_min_size': 0, **overrides})
-  summary = loop.train_and_evaluate(config, workdir)
+  summary = runs.train(config, workdir)
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     records = [json.loads(line) for line in f]
   return workdir, config, summary, records
@@ -78,7 +79,7 @@ def test_fsdp_trains_like_data_parallel(tmp_path, spec, sizes):
   dp_workdir, dp_config, dp_summary, dp_records = _train(tmp_path, spec, 1)
   dp_memory = dp_summary['mesh_memory']
   assert dp_memory['state_bytes_per_device'] == dp_memory['state_bytes']  # replicated
-  dp_params = loop.restore_trained(loop.prepare(dp_config, dp_workdir)).params
+  dp_params = loop.restore_trained(runs.prepare(dp_config, dp_workdir)).params
   for fsdp in sizes:
     workdir, config, summary, records = _train(tmp_path, spec, fsdp)
     _assert_records_close(dp_records, records)
@@ -88,7 +89,7 @@ def test_fsdp_trains_like_data_parallel(tmp_path, spec, sizes):
     # Almost every byte is split: what stays whole is a few small arrays.
     assert memory['state_bytes_per_device'] < 1.5 * memory['state_bytes'] / fsdp
     # The checkpoint comes back split as it was trained, with the same values.
-    state = loop.restore_trained(loop.prepare(config, workdir))
+    state = loop.restore_trained(runs.prepare(config, workdir))
     leaves = jax.tree.leaves(state.params)
     assert sum(1 for x in leaves if 'fsdp' in x.sharding.spec) >= len(leaves) // 2
     for x in leaves:
@@ -107,7 +108,7 @@ def test_resume_with_another_fsdp_size(tmp_path):
   shutil.copytree(workdir, moved)
   shutil.rmtree(os.path.join(moved, 'checkpoints', '12'))
   config = load(spec, **{'mesh.fsdp': 8, 'mesh.fsdp_min_size': 0})
-  summary = loop.train_and_evaluate(config, moved)
+  summary = runs.train(config, moved)
   assert summary['resumed_from_step'] == 8
   with open(os.path.join(moved, 'metrics.jsonl')) as f:
     _assert_records_close(records, [json.loads(line) for line in f])

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from frontiers_jax import runs
 from frontiers_jax.training import loop
 from conftest import REPO, load
 
@@ -23,7 +24,7 @@ def data_dir():
 def test_mnist_random_labels_are_memorized_and_test_is_chance(tmp_path, data_dir):
   """Zhang et al. (2017), Table 1's finding on MNIST with an MLP."""
   config = load('generalization.py:mnist', randomization='random_labels')
-  summary = loop.train_and_evaluate(config, str(tmp_path / 'run'))
+  summary = runs.train(config, str(tmp_path / 'run'))
   assert summary['final']['eval_train/accuracy'] >= 0.99
   assert 0.07 <= summary['final']['eval/accuracy'] <= 0.13
 
@@ -35,7 +36,7 @@ def test_mnist_standard_training_is_accurate_and_not_robust(tmp_path, data_dir):
   from frontiers_jax import attacks  # noqa: PLC0415
 
   workdir = str(tmp_path / 'run')
-  run = loop.prepare(load('adversarial.py:mnist'), workdir)
+  run = runs.prepare(load('adversarial.py:mnist'), workdir)
   loop.run_training(run)
   state = loop.restore_trained(run)
 

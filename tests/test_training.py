@@ -12,13 +12,14 @@ import jax
 import numpy as np
 import pytest
 
+from frontiers_jax import runs
 from frontiers_jax.training import loop
 from conftest import load
 
 
 def _run(tmp_path, spec, name='run', **overrides):
   workdir = str(tmp_path / name)
-  summary = loop.train_and_evaluate(load(spec, **overrides), workdir)
+  summary = runs.train(load(spec, **overrides), workdir)
   return workdir, summary
 
 
@@ -128,7 +129,7 @@ def test_nan_stops_the_run_and_keeps_good_checkpoints(tmp_path):
   config = load('generalization.py:tiny', **{'optim.learning_rate': 1e30,
                                               'checkpoint_every': 1})
   with pytest.raises(loop.Diverged, match=r'step \d+: train/\w+ is (nan|inf)'):
-    loop.train_and_evaluate(config, workdir)
+    runs.train(config, workdir)
   assert not os.path.exists(f'{workdir}/summary.json')
   saved = os.listdir(f'{workdir}/checkpoints')
   records = _records(workdir) if os.path.exists(f'{workdir}/metrics.jsonl') else []

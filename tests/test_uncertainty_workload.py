@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
+from frontiers_jax import runs
 from frontiers_jax.data import pipeline
 from frontiers_jax.errors import UsageError
-from frontiers_jax.training import loop
 from frontiers_jax.workloads import uncertainty as unc
 from conftest import load
 from test_uncertainty import ece_by_loop  # Guo et al. 2017, eq. 3, float64
@@ -164,7 +164,7 @@ def test_cubic_epistemic_uncertainty_grows_outside_the_training_range(tmp_path):
   config = load('uncertainty.py:tiny_cubic_ensemble', num_steps=300, log_every=100,
                 eval_every=300, checkpoint_every=300, batch_size=64,
                 **{'cubic.num_train': 512, 'optim.learning_rate': 5e-3})
-  summary = loop.train_and_evaluate(config, str(tmp_path))
+  summary = runs.train(config, str(tmp_path))
   final = summary['final']
   result = unc.read_result(str(tmp_path))
   assert final['eval/epistemic_ratio'] > 3, final
@@ -221,7 +221,7 @@ def test_bad_values_are_one_usage_error_before_anything_runs(tmp_path, overrides
                                                              allowed):
   config = load('uncertainty.py:tiny', **overrides)
   with pytest.raises(UsageError) as error:
-    loop.prepare(config, str(tmp_path / 'run'))
+    runs.prepare(config, str(tmp_path / 'run'))
   assert error.value.where == where and allowed in str(error.value)
   assert '\n' not in error.value.line()
   assert not os.path.exists(tmp_path / 'run')

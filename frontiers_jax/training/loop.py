@@ -1,6 +1,7 @@
-"""`train_and_evaluate(config, workdir)`: the one training loop of the project.
+"""`train_and_evaluate(workload, workdir)`: the one training loop of the project.
 
-It knows no workload. In order:
+It knows the workload contract (`frontiers_jax.workloads.base`), not the
+workloads: `frontiers_jax.runs` makes one from a config. In order:
   1. check everything the user gave (config, devices, workdir, data files)
      before writing or compiling anything;
   2. build the mesh, the train state (replicated, or split over the `fsdp`
@@ -41,13 +42,13 @@ import orbax.checkpoint
 from etils import epath
 
 from frontiers_jax import config as config_lib
-from frontiers_jax import workloads
 from frontiers_jax.data import pipeline
 from frontiers_jax.errors import UsageError
 from frontiers_jax.training import checkpoints as checkpoints_lib
 from frontiers_jax.training import logs
 from frontiers_jax.training import perf
 from frontiers_jax.training import sharding
+from frontiers_jax.workloads.base import Workload
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM, after the checkpoint is written.
 EXIT_WRITE_FAILED = 74  # EX_IOERR of sysexits.h: the workdir could not be written.
@@ -74,17 +75,17 @@ class Run:
   """Everything `train_and_evaluate` prepares before the first step."""
   config: ml_collections.ConfigDict
   workdir: str
-  workload: workloads.Workload
+  workload: Workload
   mesh: jax.sharding.Mesh
   data: dict[str, Any]
 
 
-def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
+def prepare(workload: Workload, workdir: str) -> Run:
   """Checks all user input and loads the data; writes nothing.
 
   Raises `UsageError` on bad input: nothing is compiled or written before.
   """
-  workload = workloads.create(config)
+  config = workload.config
   mesh = sharding.make_mesh(config.num_devices, sharding.fsdp_settings(config)[0])
   config_lib.validate_common(config, mesh.size)
   workload.validate()
@@ -112,9 +113,9 @@ def check_workdir(workdir: str) -> None:
                      f'on {path})', 'choose a directory you can write to')
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains and evaluates `config` in `workdir`; returns the summary."""
-  return run_training(prepare(config, workdir))
+def train_and_evaluate(workload: Workload, workdir: str) -> dict:
+  """Trains and evaluates `workload` in `workdir`; returns the summary."""
+  return run_training(prepare(workload, workdir))
 
 
 def _fresh_state(run: Run):

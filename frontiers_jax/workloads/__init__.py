@@ -1,30 +1,36 @@
-"""The workload registry: `config.workload` names one of these."""
+"""The workload registry: `config.workload` names one of these.
+
+Each is imported when a config names it, not with this package: the training
+loop imports the contract (`workloads.base`) alone, and a command that trains
+a language model never imports the diffusion code.
+"""
+
+import importlib
 
 import ml_collections
 
 from frontiers_jax.errors import check
 from frontiers_jax.workloads.base import Workload
-from frontiers_jax.workloads import adversarial
-from frontiers_jax.workloads import approximation
-from frontiers_jax.workloads import bias
-from frontiers_jax.workloads import diffusion
-from frontiers_jax.workloads import generalization
-from frontiers_jax.workloads import lm
-from frontiers_jax.workloads import uncertainty
 
-WORKLOADS: dict[str, type[Workload]] = {
-    'adversarial': adversarial.Adversarial,
-    'approximation': approximation.Approximation,
-    'bias': bias.Bias,
-    'diffusion': diffusion.Diffusion,
-    'generalization': generalization.Generalization,
-    'lm': lm.LanguageModel,
-    'uncertainty': uncertainty.Uncertainty,
+# name -> 'module:Class', the module under frontiers_jax.workloads.
+WORKLOADS: dict[str, str] = {
+    'adversarial': 'adversarial:Adversarial',
+    'approximation': 'approximation:Approximation',
+    'bias': 'bias:Bias',
+    'diffusion': 'diffusion:Diffusion',
+    'generalization': 'generalization:Generalization',
+    'lm': 'lm:LanguageModel',
+    'uncertainty': 'uncertainty:Uncertainty',
 }
 
 
-def create(config: ml_collections.ConfigDict) -> Workload:
-  check(config.workload in WORKLOADS, 'config.workload',
-        f'unknown workload {config.workload!r}',
+def workload_class(name: str) -> type[Workload]:
+  """The class registered as `name`, imported now."""
+  check(name in WORKLOADS, 'config.workload', f'unknown workload {name!r}',
         f'allowed: {", ".join(WORKLOADS)}')
-  return WORKLOADS[config.workload](config)
+  module, _, cls = WORKLOADS[name].partition(':')
+  return getattr(importlib.import_module(f'{__name__}.{module}'), cls)
+
+
+def create(config: ml_collections.ConfigDict) -> Workload:
+  return workload_class(config.workload)(config)

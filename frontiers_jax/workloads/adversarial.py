@@ -19,6 +19,7 @@ Evaluation reports clean accuracy and, on the test split, PGD robust accuracy
 import dataclasses
 import json
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -161,6 +162,28 @@ class Adversarial(Classification):
     return [plots.adversarial_examples(x, x_adv, probs, probs_adv, title,
                                        f'{fig_dir}/adversarial_examples.png'),
             plots.robust_curves(history, f'{fig_dir}/robust_accuracy.png')]
+
+  def evaluate(self, state, data, workdir: str, mesh, say=print) -> str:
+    """`evaluate_robustness`, with a table per norm and a warning line (on
+    stderr) for each sign of gradient masking."""
+    results = self.evaluate_robustness(state, data, workdir, mesh)
+    for norm, result in results.items():
+      if norm == 'eot':
+        say(f'EOT vs PGD at eps {result["eps"]:g}: still adversarial under fresh random '
+            f'transformations {result["survival_eot"]:.1%} (EOT) vs '
+            f'{result["survival_pgd"]:.1%} (PGD) of the time; clean images are '
+            f'misclassified {result["survival_clean"]:.1%} of the time')
+        continue
+      say(f'{norm}: clean accuracy {result["clean_accuracy"]:.4f} on '
+          f'{result["num_examples"]} test examples')
+      names = list(result['accuracy']) + ['worst case']
+      say('  eps      ' + ''.join(f'{n:>12}' for n in names))
+      for i, eps in enumerate(result['eps']):
+        row = [result['accuracy'][n][i] for n in result['accuracy']] + [result['worst_case'][i]]
+        say(f'  {eps:<8.4g} ' + ''.join(f'{v:>12.4f}' for v in row))
+      for warning in result['warnings']:
+        print(f'WARNING: possible gradient masking: {warning}', file=sys.stderr)
+    return os.path.join(workdir, 'robustness.json')
 
   def evaluate_robustness(self, state, data, workdir: str, mesh) -> dict:
     """Every attack at every eps (L-inf, then L2) on the test split; writes

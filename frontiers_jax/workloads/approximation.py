@@ -160,12 +160,12 @@ class Approximation(Workload):
         plots.error_vs_width({c.target: errors}, f'{fig_dir}/error_vs_width.png'),
     ]
 
-
-def sweep_figures(runs: dict[str, dict], fig_dir: str) -> list[str]:
-  """Error vs width for every target of a sweep, on one log-log plot."""
-  curves = {}
-  for target, run in runs.items():
-    final = run['summary']['final']
-    widths = run['config']['widths']
-    curves[target] = {w: final.get(f'eval/{width_key(w)}') for w in widths}
-  return [plots.error_vs_width(curves, f'{fig_dir}/error_vs_width_all.png')]
+  @staticmethod
+  def sweep_figures(runs: dict[str, dict], fig_dir: str) -> list[str]:
+    """Error vs width for every target of a sweep, on one log-log plot."""
+    curves = {}
+    for target, run in runs.items():
+      final = run['summary']['final']
+      widths = run['config']['widths']
+      curves[target] = {w: final.get(f'eval/{width_key(w)}') for w in widths}
+    return [plots.error_vs_width(curves, f'{fig_dir}/error_vs_width_all.png')]

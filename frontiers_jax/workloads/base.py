@@ -18,6 +18,16 @@ evaluation schedule, checkpoints and progress. A workload owns the math:
   describe(state, flops_per_step)    -> lines printed before the first step
   perf_spec()                        -> PerfSpec: report tokens/s and MFU
 
+After training, capabilities that some workloads have (`supports(name)` says
+which; the commands check it before loading a checkpoint):
+
+  evaluate(state, data, workdir, mesh, say) -> path of the result it wrote
+  check_sample(SampleRequest)        -> the checked plan that `sample` takes
+  sample(state, data, plan, out)     -> paths of the files it wrote
+  sweep_figures(runs, fig_dir)       -> figures that compare the runs of a
+                                        sweep (default: none; a table is always
+                                        written)
+
 `train_step` and `eval_step` are pure functions of their arguments; the loop
 jits each once. `batch` holds this step's global batch (sharded over devices);
 eval batches carry a `mask` (1 real row, 0 padding).
@@ -47,6 +57,29 @@ class PerfSpec:
   # XLA's cost analysis counts a loop body once: a step whose work runs in a
   # loop of n iterations (e.g. gradient accumulation) sets n here.
   loop_iterations: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleRequest:
+  """What `frontiers sample` asks of a trained model; each workload reads its
+  own fields and checks them in `check_sample`."""
+  prompts: tuple[str, ...] = ()  # text to continue, or a class name (diffusion)
+  seed: int = 0
+  # Language models: continuations of each prompt, decoded as one batch.
+  num_tokens: int = 500
+  temperature: float = 0.8
+  top_k: int = 200
+  top_p: float = 1.0
+  num_samples: int = 1
+  # Diffusion: a grid of images.
+  sampler: str = 'ddim'
+  steps: int = 0                 # 0: the config's (ddpm: all T)
+  num: int = 64
+  label: int | None = None
+  guidance: float = 3.0
+
+
+CAPABILITIES = ('evaluate', 'sample')
 
 
 class Workload:
@@ -99,6 +132,33 @@ class Workload:
   def perf_spec(self) -> PerfSpec | None:
     """None: the progress line shows examples/s only."""
     return None
+
+  # -- Capabilities after training --------------------------------------------
+
+  def supports(self, capability: str) -> bool:
+    """Whether this workload implements `capability` (one of CAPABILITIES)."""
+    return getattr(type(self), capability) is not getattr(Workload, capability)
+
+  def evaluate(self, state, data, workdir: str, mesh, say: Callable[[str], None] = print
+               ) -> str:
+    """The evaluation of a trained model: writes its results in `workdir`,
+    says what it measured, returns the path of the main result."""
+    raise NotImplementedError(f'{self.name} has no evaluation')
+
+  def check_sample(self, request: SampleRequest) -> dict:
+    """Checks `request` before anything compiles; returns the plan for
+    `sample`, with `name`: the file name of its output."""
+    raise NotImplementedError(f'{self.name} cannot sample')
+
+  def sample(self, state, data, plan: dict, out: str) -> list[str]:
+    """Draws what `plan` asks for and writes it to `out`.<ext>."""
+    raise NotImplementedError(f'{self.name} cannot sample')
+
+  @staticmethod
+  def sweep_figures(runs: dict[str, dict], fig_dir: str) -> list[str]:
+    """Figures comparing the runs of a sweep: {value: {summary, history,
+    config, workdir}}."""
+    return []
 
   # -- Helpers for subclasses ------------------------------------------------
 

@@ -32,13 +32,15 @@ from frontiers_jax import config as config_lib
 from frontiers_jax import data as data_lib
 from frontiers_jax import models
 from frontiers_jax import plots
+from frontiers_jax import runs
 from frontiers_jax.diffusion import evaluation
 from frontiers_jax.diffusion import process
 from frontiers_jax.diffusion import samplers
 from frontiers_jax.diffusion import unet
 from frontiers_jax.errors import UsageError, check
+from frontiers_jax.training import loop
 from frontiers_jax.training.optim import make_optimizer
-from frontiers_jax.workloads.base import Workload, gradient_step
+from frontiers_jax.workloads.base import SampleRequest, Workload, gradient_step
 from frontiers_jax.workloads.classification import NUM_CLASSES, load_images
 
 _EVAL_NOISE_STREAM = 5   # eval loss noise: fold_in(key(seed), 5)
@@ -262,14 +264,14 @@ class Diffusion(Workload):
       out.append(np.asarray(images)[:num - start])
     return np.concatenate(out)
 
-  def sampling_request(self, flags) -> dict:
-    """Checks launch/sample.py's flags (before anything compiles)."""
+  def check_sample(self, request: SampleRequest) -> dict:
+    """A grid of `num` images, of one class when a label or prompt is given."""
     c = self.config
-    sampler, steps, num, label = flags.sampler, flags.steps, flags.num, flags.label
-    guidance = flags.guidance
-    check(len(flags.prompt) <= 1, 'prompt', f'given {len(flags.prompt)} times',
+    r = request
+    sampler, steps, num, label, guidance = r.sampler, r.steps, r.num, r.label, r.guidance
+    check(len(r.prompts) <= 1, 'prompt', f'given {len(r.prompts)} times',
           'give one class name (a diffusion call draws one class)')
-    prompt = flags.prompt[0] if flags.prompt else ''
+    prompt = r.prompts[0] if r.prompts else ''
     steps = steps or (c.diffusion.num_timesteps if sampler == 'ddpm' else c.sample.steps)
     name, steps = parse_sampler(f'{sampler}:{steps}', c.diffusion.num_timesteps)
     check(num > 0, 'num', f'{num} is not allowed', 'give a whole number > 0')
@@ -284,12 +286,13 @@ class Diffusion(Workload):
       check(0 <= label < self.num_classes, 'label', f'{label} is out of range',
             f'allowed: 0 to {self.num_classes - 1}')
     return {'sampler': name, 'steps': steps, 'num': num, 'label': label,
-            'guidance': guidance,
+            'guidance': guidance, 'seed': r.seed,
             'name': f'{name}_{steps}' + ('' if label is None else f'_label{label}')}
 
-  def sample_to_files(self, state, data, request: dict, seed: int, out: str) -> list[str]:
+  def sample(self, state, data, plan: dict, out: str) -> list[str]:
     """Writes `out`.png (a grid) and `out`.npy (the images, [N, H, W, C] in [0, 1])."""
-    r = request
+    r = plan
+    seed = r['seed']
     key = jax.random.fold_in(jax.random.key(seed), _EVALUATE_STREAM)
     labels = None if r['label'] is None else np.full(r['num'], r['label'])
     images = np.asarray(self.generate(state, key, r['num'], self.image_shape(data),
@@ -364,7 +367,6 @@ class Diffusion(Workload):
   def feature_classifier(self, workdir: str):
     """The project's CNN trained on the same dataset, in `workdir/classifier`
     (trained on the first call, restored after): (model, params, accuracy)."""
-    from frontiers_jax.training import loop  # The loop imports the workloads.
     c = self.config
     k = config_lib.base_config()
     k.workload = 'generalization'
@@ -383,7 +385,7 @@ class Diffusion(Workload):
     k.quiet = c.quiet
     k.seed = c.seed
     directory = os.path.join(workdir, 'classifier')
-    run = loop.prepare(k, directory)
+    run = runs.prepare(k, directory)
     if os.path.exists(os.path.join(directory, 'summary.json')):
       state = loop.restore_trained(run)
     else:
@@ -392,6 +394,12 @@ class Diffusion(Workload):
     with open(os.path.join(directory, 'summary.json')) as f:
       accuracy = json.load(f)['final']['eval/accuracy']
     return models.create_classifier(k.model, NUM_CLASSES), state.params, accuracy
+
+  def evaluate(self, state, data, workdir: str, mesh, say=print) -> str:
+    """`evaluate_generation`: FID, guided accuracy and bits/dim."""
+    del mesh  # Sampling runs on one device: its batches are small.
+    self.evaluate_generation(state, data, workdir, say)
+    return os.path.join(workdir, 'generation.json')
 
   def evaluate_generation(self, state, data, workdir: str, say=print) -> dict:
     """FID per sampler and step count, conditional accuracy of guided samples,

@@ -95,6 +95,20 @@ class Generalization(Classification):
              f'randomization={self.config.randomization}')
     return [plots.learning_curves(history, title, f'{fig_dir}/learning_curves.png')]
 
+  @staticmethod
+  def sweep_figures(runs: dict[str, dict], fig_dir: str) -> list[str]:
+    """Figures across the runs of a sweep (`runs[value] = {'summary', 'history',
+    'config'}`): over randomizations, the bar chart and the learning curves;
+    over corruption levels, steps to fit and test accuracy against the level."""
+    if all(run['config']['randomization'] == 'partial' for run in runs.values()):
+      levels = sorted(runs, key=float)
+      return [plots.corruption_curve(
+          [float(v) for v in levels], [steps_to_fit(runs[v]['history']) for v in levels],
+          [runs[v]['summary']['final']['eval/accuracy'] for v in levels],
+          f'{fig_dir}/corruption.png')]
+    return [plots.randomization_bars(runs, f'{fig_dir}/randomization_bars.png'),
+            plots.fit_curves(runs, f'{fig_dir}/fit_curves.png')]
+
 
 def steps_to_fit(history: list[dict], threshold: float = 0.99) -> int | None:
   """First logged step whose whole-training-set accuracy reaches `threshold`."""
@@ -102,17 +116,3 @@ def steps_to_fit(history: list[dict], threshold: float = 0.99) -> int | None:
     if record.get('eval_train/accuracy', 0.0) >= threshold:
       return record['step']
   return None
-
-
-def sweep_figures(runs: dict[str, dict], fig_dir: str) -> list[str]:
-  """Figures across the runs of a sweep (`runs[value] = {'summary', 'history',
-  'config'}`): over randomizations, the bar chart and the learning curves;
-  over corruption levels, steps to fit and test accuracy against the level."""
-  if all(run['config']['randomization'] == 'partial' for run in runs.values()):
-    levels = sorted(runs, key=float)
-    return [plots.corruption_curve(
-        [float(v) for v in levels], [steps_to_fit(runs[v]['history']) for v in levels],
-        [runs[v]['summary']['final']['eval/accuracy'] for v in levels],
-        f'{fig_dir}/corruption.png')]
-  return [plots.randomization_bars(runs, f'{fig_dir}/randomization_bars.png'),
-          plots.fit_curves(runs, f'{fig_dir}/fit_curves.png')]

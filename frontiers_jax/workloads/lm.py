@@ -43,7 +43,7 @@ from frontiers_jax import plots
 from frontiers_jax.data import files, pipeline, registry
 from frontiers_jax.errors import UsageError, check
 from frontiers_jax.lm import arithmetic, generate, model as model_lib, tokenizers
-from frontiers_jax.workloads.base import PerfSpec, Workload
+from frontiers_jax.workloads.base import PerfSpec, SampleRequest, Workload
 
 DATASETS = ('tiny_shakespeare', 'arithmetic')
 TOKENIZERS = ('char', 'byte', 'bpe')
@@ -253,30 +253,26 @@ class LanguageModel(Workload):
                             top_k=min(top_k, self.tokenizer.vocab_size), top_p=top_p)
     return [self.tokenizer.decode(row) for row in np.asarray(out)]
 
-  def sampling_request(self, flags) -> dict:
-    """Checks launch/sample.py's flags (before anything compiles).
-
-    `flags.prompt` is a list (the flag may be repeated; empty: the config's
-    prompt); each prompt gets `num_samples` continuations.
-    """
-    prompts = list(flags.prompt) or [self.config.sample.prompt]
-    check_sampling(flags.num_tokens, flags.temperature, flags.top_k, flags.top_p,
-                   flags.num_samples)
+  def check_sample(self, request: SampleRequest) -> dict:
+    """Each prompt (none: the config's) gets `num_samples` continuations."""
+    r = request
+    prompts = list(r.prompts) or [self.config.sample.prompt]
+    check_sampling(r.num_tokens, r.temperature, r.top_k, r.top_p, r.num_samples)
     for prompt in prompts:
       self.encode_prompt(prompt)
-    return {'name': 'lm', 'prompts': prompts, 'num_tokens': flags.num_tokens,
-            'temperature': flags.temperature, 'top_k': flags.top_k, 'top_p': flags.top_p,
-            'num_samples': flags.num_samples}
+    return {'name': 'lm', 'prompts': prompts, 'num_tokens': r.num_tokens,
+            'temperature': r.temperature, 'top_k': r.top_k, 'top_p': r.top_p,
+            'num_samples': r.num_samples, 'seed': r.seed}
 
-  def sample_to_files(self, state, data, request: dict, seed: int, out: str) -> list[str]:
+  def sample(self, state, data, plan: dict, out: str) -> list[str]:
     """Prints the samples of every prompt, decoded as one batch, and writes
     them to `out`.txt."""
-    r = request
-    prompts = [p for p in r['prompts'] for _ in range(r['num_samples'])]
+    p = plan
+    prompts = [prompt for prompt in p['prompts'] for _ in range(p['num_samples'])]
     path = out + '.txt'
-    print(self.write_samples(path, state.params, prompts, r['num_tokens'],
-                             jax.random.key(seed), r['temperature'], r['top_k'], r['top_p']),
-          end='')
+    print(self.write_samples(path, state.params, prompts, p['num_tokens'],
+                             jax.random.key(p['seed']), p['temperature'], p['top_k'],
+                             p['top_p']), end='')
     return [path]
 
   def write_samples(self, path: str, params, prompts: list[str], num_tokens: int, key,
@@ -308,6 +304,22 @@ class LanguageModel(Workload):
       print(text, end='')
     return paths
 
+  @staticmethod
+  def sweep_figures(runs: dict[str, dict], fig_dir: str) -> list[str]:
+    """The emergence curve of a sweep over model sizes: held-out exact match
+    (arithmetic) or validation loss (text) against parameters and FLOPs."""
+    points = []
+    for run in runs.values():
+      workload = trained_workload(run['workdir'])
+      config, summary = workload.config, run['summary']
+      flops = summary.get('flops_per_step') or workload.formula_flops_per_step()
+      metric = 'eval/exact_match' if config.data.name == 'arithmetic' else 'eval/loss'
+      label = f'{config.model.num_layers}L x {config.model.width}'
+      points.append({'params': model_lib.num_params(workload.model), 'label': label,
+                     'flops': flops * config.num_steps, 'final': summary['final'][metric],
+                     'history': run['history']})
+    return [plots.emergence(points, os.path.join(fig_dir, 'emergence.png'), metric)]
+
   def arithmetic_examples(self, state, data, count: int = 10) -> str:
     """Greedy answers to the first test problems, marked right or wrong."""
     c = self.config
@@ -321,22 +333,6 @@ class LanguageModel(Workload):
     return (f'greedy answers to held-out {n}-digit problems '
             f'(answers {"reversed" if c.data.reverse_answer else "as written"}):\n'
             + '\n'.join(lines) + '\n')
-
-
-def sweep_figures(runs: dict[str, dict], fig_dir: str) -> list[str]:
-  """The emergence curve of a sweep over model sizes: held-out exact match
-  (arithmetic) or validation loss (text) against parameters and FLOPs."""
-  points = []
-  for run in runs.values():
-    workload = trained_workload(run['workdir'])
-    config, summary = workload.config, run['summary']
-    flops = summary.get('flops_per_step') or workload.formula_flops_per_step()
-    metric = 'eval/exact_match' if config.data.name == 'arithmetic' else 'eval/loss'
-    label = f'{config.model.num_layers}L x {config.model.width}'
-    points.append({'params': model_lib.num_params(workload.model), 'label': label,
-                   'flops': flops * config.num_steps, 'final': summary['final'][metric],
-                   'history': run['history']})
-  return [plots.emergence(points, os.path.join(fig_dir, 'emergence.png'), metric)]
 
 
 def trained_workload(workdir: str) -> LanguageModel:

@@ -487,6 +487,18 @@ class Uncertainty(Workload):
     out.update({f'test/auroc_{name}': v for name, v in result.get('auroc', {}).items()})
     return out
 
+  def evaluate(self, state, data, workdir: str, mesh, say=print) -> str:
+    """The scores of `final_metrics` and the figures, with the whole result
+    in `figures/uncertainty.json`."""
+    del mesh
+    fig_dir = os.path.join(workdir, 'figures')
+    os.makedirs(fig_dir, exist_ok=True)
+    for name, value in self.final_metrics(state, data).items():
+      say(f'{name:<28} {value:.4f}')
+    figures = self.figures(state, data, [], fig_dir)
+    say(f'figures: {", ".join(os.path.basename(p) for p in figures)}')
+    return os.path.join(fig_dir, RESULT_FILE)
+
   def figures(self, state, data, history, fig_dir):
     result = self.result_of(state, data)
     with open(os.path.join(fig_dir, RESULT_FILE), 'w') as f:
@@ -500,6 +512,11 @@ class Uncertainty(Workload):
                           f'{self.config.mc_dropout.samples} passes at test'}.get(
                               self.config.method, 'one network')
     return [f'{self.config.method} on {self.config.task}: {params:,} parameters ({what})']
+
+  @staticmethod
+  def sweep_figures(runs: dict[str, dict], fig_dir: str) -> list[str]:
+    """The figures of a sweep over methods, all methods side by side."""
+    return draw({value: read_result(run['workdir']) for value, run in runs.items()}, fig_dir)
 
 
 RESULT_FILE = 'uncertainty.json'
@@ -523,8 +540,3 @@ def draw(results: dict[str, dict], fig_dir: str) -> list[str]:
     paths.append(plots.reliability_diagrams(images, os.path.join(fig_dir,
                                                                  'reliability.png')))
   return paths
-
-
-def sweep_figures(runs: dict[str, dict], fig_dir: str) -> list[str]:
-  """The figures of a sweep over methods, all methods side by side."""
-  return draw({value: read_result(run['workdir']) for value, run in runs.items()}, fig_dir)

@@ -8,11 +8,20 @@ tiny (tests). Every run trains all widths in `widths` at once.
 
 from frontiers_jax.config import base_config, set_tiny_schedule, variant
 
+# The first is the default.
+VARIANTS = {
+    'sine': 'sin(2 pi x) on [-1, 1] by one hidden layer of widths 1 to 1024',
+    'abs': '|x|: continuous, not smooth',
+    'bumps': 'two Gaussian bumps of opposite sign',
+    'ripple': 'a 2-D ripple, cos(3 pi r) exp(-r)',
+    'tiny': 'a seconds-long run for tests (sine, 3 widths)',
+}
+
 
 def get_config(arg=None):
   c = base_config()
   c.workload = 'approximation'
-  name = variant(arg, ('sine', 'abs', 'bumps', 'ripple', 'tiny'), default='sine')
+  name = variant(arg, VARIANTS)
   c.target = 'sine' if name == 'tiny' else name
   c.activation = 'relu'
   c.widths = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)

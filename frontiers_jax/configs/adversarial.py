@@ -13,6 +13,17 @@ import ml_collections
 
 from frontiers_jax.config import base_config, classifier_config, set_tiny_schedule, variant
 
+# The first is the default.
+VARIANTS = {
+    'digits': 'a small CNN on 8x8 digits, PGD-10 adversarial training at eps 0.2',
+    'mnist': 'the Madry et al. CNN on MNIST, standard training',
+    'mnist_pgd': 'Madry et al. 2018: PGD-40 training at eps 0.3 for 40k steps (GPU)',
+    'mnist_pgd_cpu': 'the same model with PGD-10 for 3000 steps (about an hour of CPU)',
+    'mnist_trades': 'TRADES (beta 6) instead of PGD training',
+    'cifar10': 'a ResNet on CIFAR-10 at eps 8/255',
+    'tiny': 'a seconds-long run for tests',
+}
+
 
 def get_config(arg=None):
   c = base_config()
@@ -48,9 +59,7 @@ def get_config(arg=None):
   c.robustness.eot_brightness = 0.1
   c.robustness.eot_noise_std = 0.02
 
-  name = variant(arg, ('digits', 'mnist', 'mnist_pgd', 'mnist_pgd_cpu', 'mnist_trades', 'cifar10',
-                         'tiny'),
-                 default='digits')
+  name = variant(arg, VARIANTS)
   if name == 'digits':
     # 8x8 images with 17 grey levels: eps 0.2 is about 3 levels.
     c.data.name = 'digits'

@@ -10,6 +10,15 @@ random_pixels, gaussian; `corruption` is the label-noise fraction of partial.
 
 from frontiers_jax.config import base_config, classifier_config, set_tiny_schedule, variant
 
+# The first is the default.
+VARIANTS = {
+    'digits': 'an MLP on 8x8 digits: memorizes random labels in seconds',
+    'digits_cnn': 'a small CNN on 8x8 digits',
+    'mnist': 'an MLP 1024-1024 on MNIST, 20k steps',
+    'mnist_cnn': 'a small CNN on MNIST, 20k steps',
+    'tiny': 'a seconds-long run for tests',
+}
+
 
 def get_config(arg=None):
   c = base_config()
@@ -22,8 +31,7 @@ def get_config(arg=None):
   # the (random) labels instead of hovering around 98 %.
   c.optim.schedule = 'cosine'
 
-  name = variant(arg, ('digits', 'digits_cnn', 'mnist', 'mnist_cnn', 'tiny'),
-                 default='digits')
+  name = variant(arg, VARIANTS)
   if name.startswith('digits'):
     # 1437 training images of 8x8: memorizing random labels takes seconds.
     c.data.name = 'digits'

@@ -18,11 +18,16 @@ import ml_collections
 
 from frontiers_jax import config as config_lib
 
-VARIANTS = ('cpu', 'tour', 'tiny')
+# The first is the default.
+VARIANTS = {
+    'cpu': '3-digit addition by 5 widths, 16 to 128 (a sweep: frontiers sweep)',
+    'tour': '2-digit addition by 4 widths: the demo section',
+    'tiny': 'a seconds-long sweep for tests',
+}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  name = config_lib.variant(arg, VARIANTS, 'cpu')
+  name = config_lib.variant(arg, VARIANTS)
   lm_file = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'lm.py')
   c = config_lib.load_config(f'{lm_file}:{"tiny" if name == "tiny" else "arithmetic"}')
   c.unlock()

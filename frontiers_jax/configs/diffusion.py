@@ -14,6 +14,16 @@ import ml_collections
 
 from frontiers_jax.config import base_config, set_tiny_schedule, variant
 
+# The first is the default.
+VARIANTS = {
+    'digits': 'a small UNet on 8x8 digits: minutes on a CPU',
+    'mnist': 'the UNet on MNIST, 10k steps (GPU)',
+    'fashion_mnist': 'the UNet on Fashion-MNIST, 10k steps, class names as prompts (GPU)',
+    'mnist_cpu': 'the MNIST model for 2000 steps (about an hour of CPU)',
+    'fashion_mnist_cpu': 'the Fashion-MNIST model for 2000 steps (about an hour of CPU)',
+    'tiny': 'a seconds-long run for tests',
+}
+
 
 def get_config(arg=None):
   c = base_config()
@@ -59,8 +69,7 @@ def get_config(arg=None):
   c.eval.bpd_examples = 1000          # test images in the bits/dim bound (0: skip)
   c.eval.classifier_steps = 2000      # the feature classifier's training steps
 
-  name = variant(arg, ('digits', 'mnist', 'fashion_mnist', 'mnist_cpu', 'fashion_mnist_cpu',
-                       'tiny'), default='digits')
+  name = variant(arg, VARIANTS)
   if name == 'digits':
     # About two minutes on a 2-core CPU: the demo's diffusion section.
     c.data.name = 'digits'

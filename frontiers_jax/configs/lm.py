@@ -21,8 +21,14 @@ import ml_collections
 
 from frontiers_jax import config as config_lib
 
-VARIANTS = ('shakespeare_char_cpu', 'shakespeare_char', 'shakespeare_bpe', 'arithmetic',
-            'tiny')
+# The first is the default.
+VARIANTS = {
+    'shakespeare_char_cpu': "nanoGPT's CPU Shakespeare model (4x4x128), rotary positions",
+    'shakespeare_char': "nanoGPT's GPU Shakespeare model (6x6x384, 5000 steps)",
+    'shakespeare_bpe': 'the CPU model on byte-level BPE tokens (vocabulary 512)',
+    'arithmetic': '3-digit addition, one model',
+    'tiny': 'a seconds-long run for tests (1-digit addition)',
+}
 
 
 def model_config(num_layers: int, num_heads: int, width: int, context: int,
@@ -79,7 +85,7 @@ def base_lm_config() -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  name = config_lib.variant(arg, VARIANTS, 'shakespeare_char_cpu')
+  name = config_lib.variant(arg, VARIANTS)
   c = base_lm_config()
   if name in ('shakespeare_char_cpu', 'shakespeare_bpe'):
     c.batch_size = 12

@@ -15,13 +15,19 @@ methods: softmax, ensemble (default), mc_dropout, evidential. `method`,
 
 from frontiers_jax.config import base_config, set_tiny_schedule, variant
 
-METHODS = ('softmax', 'ensemble', 'mc_dropout', 'evidential')
-SETTINGS = ('cubic', 'digits', 'mnist', 'tiny', 'tiny_cubic')
+METHODS = {'softmax': 'softmax confidence', 'ensemble': 'a deep ensemble',
+           'mc_dropout': 'MC dropout', 'evidential': 'evidential deep learning'}
+SETTINGS = {'cubic': 'y = x^3 + noise', 'digits': '8x8 digits (OOD: inverted)',
+            'mnist': 'MNIST (OOD: Fashion-MNIST)', 'tiny': 'tests, on digits',
+            'tiny_cubic': 'tests, on the cubic'}
+# The first is the default; a bare setting means its ensemble.
+VARIANTS = {'mnist_ensemble': f'{SETTINGS["mnist"]}, {METHODS["ensemble"]}'}
+VARIANTS.update({f'{s}{m and "_"}{m}': f'{about}, {METHODS[m or "ensemble"]}'
+                 for s, about in SETTINGS.items() for m in ('',) + tuple(METHODS)})
 
 
 def get_config(arg=None):
-  names = SETTINGS + tuple(f'{s}_{m}' for s in SETTINGS for m in METHODS)
-  name = variant(arg, names, default='mnist_ensemble')
+  name = variant(arg, VARIANTS)
   setting = next(s for s in sorted(SETTINGS, key=len, reverse=True)
                  if name == s or name.startswith(s + '_'))
   method = name[len(setting) + 1:] or 'ensemble'

@@ -13,8 +13,13 @@ import ml_collections
 
 from frontiers_jax.config import base_config, set_tiny_schedule, variant
 
-_DATA = ('digits', 'mnist', 'fashion_mnist')
-_VARIANTS = tuple(f'{d}{m}' for d in _DATA for m in ('', '_reweight', '_dbvae')) + ('tiny',)
+_DATA = {'digits': '8x8 digits', 'mnist': 'MNIST', 'fashion_mnist': 'Fashion-MNIST'}
+_METHODS = {'': 'standard training', '_reweight': 'reweighted by colour group',
+            '_dbvae': 'DB-VAE debiasing'}
+# The first is the default.
+VARIANTS = {f'{d}{m}': f'{data} on coloured backgrounds, {method}'
+            for d, data in _DATA.items() for m, method in _METHODS.items()}
+VARIANTS['tiny'] = 'a seconds-long run for tests'
 
 
 def get_config(arg=None):
@@ -45,7 +50,7 @@ def get_config(arg=None):
   c.dbvae.first_refresh = 200  # steps before the first weights (the buffers fill)
   c.dbvae.refresh_every = 100
 
-  name = variant(arg, _VARIANTS, default='digits')
+  name = variant(arg, VARIANTS)
   data, _, method = name.partition('_')
   if name.startswith('fashion_mnist'):
     data, method = 'fashion_mnist', name[len('fashion_mnist_'):]
