@@ -5,18 +5,25 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-matrix test-slow bench clean
+.PHONY: install constraints demo test test-matrix test-slow bench clean
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt setup.cfg pyproject.toml
+# constraints.txt pins what CI tested, so a fresh machine gets the same.
+$(STAMP): requirements.txt constraints.txt setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt -e .
+	$(PY) -m pip install --quiet -c constraints.txt -r requirements.txt -e .
 	touch $(STAMP)
 
+# The versions installed now become the pins (after a green `make test`).
+constraints: install
+	{ sed -n '1,/^#   make constraints/p' constraints.txt; \
+	  $(PY) -m pip freeze --exclude-editable | grep -v '^frontiers'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
 demo: install
-	$(PY) launch/demo.py --workdir=runs/demo
+	$(VENV)/bin/frontiers demo --workdir=runs/demo
 
 # Two workers (pytest-xdist), each taking whole test files: most tests are
 # compile-bound and single-threaded, so two cores run them in about 0.7x the time.
@@ -37,7 +44,7 @@ test-slow: install
 # JAX against its PyTorch twins, quick (torch is the `bench` extra).
 bench: install
 	$(PY) -m pip install --quiet -e '.[bench]'
-	$(PY) launch/bench.py --quick --out=bench.json
+	$(VENV)/bin/frontiers bench --quick --out=bench.json
 
 clean:
 	rm -rf runs .pytest_cache

@@ -14,6 +14,7 @@ writes), in fresh dicts, so no caller can change what another one sees.
 """
 
 import functools
+import importlib.util
 import logging
 import os
 from typing import Any
@@ -54,6 +55,11 @@ _HOW_TO_GET = {
 }
 TEXT_TRAIN_FRACTION = 0.9
 DIGITS_TRAIN = 1437  # of 1797; the last 360 are the test split
+
+
+# [height, width, channels] of each image data set, known without reading it.
+IMAGE_SHAPES = {'digits': (8, 8, 1), 'mnist': (28, 28, 1), 'fashion_mnist': (28, 28, 1),
+                'cifar10': (32, 32, 3)}
 
 
 def resolve_data_dir(data_dir: str | None) -> str | None:
@@ -152,6 +158,11 @@ def _locate(name: str, data_dir: str | None) -> tuple[str, str]:
   if _tfds_sources(name, tfds_dir) is not None:
     return 'tfds', tfds_dir
   how = _HOW_TO_GET[name].format(dir=data_dir or '<data_dir>')
+  if importlib.util.find_spec('tensorflow_datasets') is None:
+    raise UsageError(
+        'config.data.dir', f'{name} not found ({looked}; tensorflow-datasets is not installed)',
+        f'{how}, set --config.data.dir or FRONTIERS_DATA_DIR, or pip install '
+        f'"frontiers_jax[tfds]" to read a prepared TFDS copy')
   raise UsageError(
       'config.data.dir',
       f'{name} not found ({looked}; no prepared TFDS copy in {tfds_dir})',

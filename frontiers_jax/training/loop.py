@@ -171,6 +171,7 @@ def run_training(run: Run) -> dict:
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   if lead:
     (epath.Path(workdir) / 'config.json').write_text(config_lib.to_json(config))
+    workload.save_artifacts(workdir)
 
   batches, state, example, metric_zeros = _fresh_state(run)
   replicated = sharding.replicated(mesh)

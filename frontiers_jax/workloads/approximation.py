@@ -117,6 +117,9 @@ class Approximation(Workload):
     c = self.config
     return make_dataset(c.target, c.num_train, c.grid, c.seed)
 
+  def build_model(self):
+    return self.model()
+
   def model(self) -> WidthBank:
     return WidthBank(tuple(self.config.widths), self.config.activation)
 

@@ -17,6 +17,15 @@ evaluation schedule, checkpoints and progress. A workload owns the math:
   figures(state, data, history, dir) -> paths of the PNGs it wrote
   describe(state, flops_per_step)    -> lines printed before the first step
   perf_spec()                        -> PerfSpec: report tokens/s and MFU
+  save_artifacts(workdir)            -> writes what the model needs besides
+                                        config and parameters (a tokenizer)
+
+A trained run comes back without its data (`frontiers_jax.runs.load_run`):
+
+  load_artifacts(workdir)            -> reads what save_artifacts wrote
+  build_model()                      -> the flax module, from config and artifacts
+  inference_params(state)            -> the parameters to use, of a restored
+                                        state as nested dicts (default: params)
 
 After training, capabilities that some workloads have (`supports(name)` says
 which; the commands check it before loading a checkpoint):
@@ -132,6 +141,24 @@ class Workload:
   def perf_spec(self) -> PerfSpec | None:
     """None: the progress line shows examples/s only."""
     return None
+
+  # -- A trained model without data ------------------------------------------
+
+  def save_artifacts(self, workdir: str) -> None:
+    """Writes, once the data are loaded and before training, what the model
+    needs besides its config and parameters (the loop calls it)."""
+
+  def load_artifacts(self, workdir: str) -> None:
+    """Reads what `save_artifacts` wrote, in place of loading data."""
+
+  def build_model(self) -> Any:
+    """The flax module, built from the config and `load_artifacts` alone."""
+    raise NotImplementedError
+
+  def inference_params(self, state: dict) -> Any:
+    """The parameters to sample and evaluate with, from a train state
+    restored as nested dicts."""
+    return state['params']
 
   # -- Capabilities after training --------------------------------------------
 

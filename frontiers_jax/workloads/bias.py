@@ -45,6 +45,7 @@ from frontiers_jax import dbvae
 from frontiers_jax import models
 from frontiers_jax.data import bias as bias_data
 from frontiers_jax.data import pipeline
+from frontiers_jax.data import registry
 from frontiers_jax.errors import check
 from frontiers_jax.training.optim import make_optimizer
 from frontiers_jax.workloads.base import Workload, gradient_step
@@ -158,6 +159,10 @@ class Bias(Workload):
                                  process_count)
 
   # -- Model and state ---------------------------------------------------------
+
+  def build_model(self) -> dbvae.DBVAE:
+    height, width, _ = registry.IMAGE_SHAPES[self.config.data.name]
+    return self.model((height, width, 3))  # coloured backgrounds: RGB
 
   def model(self, image_shape) -> dbvae.DBVAE:
     m = self.config.model

@@ -51,6 +51,9 @@ class Classification(Workload):
   def load_data(self) -> dict:
     return self.load_images()
 
+  def build_model(self):
+    return self.model()
+
   def model(self):
     return models.create_classifier(self.config.model, NUM_CLASSES)
 

@@ -160,6 +160,13 @@ class Diffusion(Workload):
   def load_data(self) -> dict:
     return load_images(self.config)
 
+  def build_model(self) -> unet.UNet:
+    return self.network()
+
+  def inference_params(self, state: dict):
+    """The EMA of the parameters: what the sampler and evaluation use."""
+    return state['ema_params']
+
   def network(self) -> unet.UNet:
     return unet.create_unet(self.config.model, self.num_classes)
 

@@ -28,13 +28,16 @@ k: only the activation memory shrinks.
 """
 
 import functools
+import json
 import math
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 from flax.training import train_state
 
 from frontiers_jax import config as config_lib
@@ -48,6 +51,7 @@ from frontiers_jax.workloads.base import PerfSpec, SampleRequest, Workload
 DATASETS = ('tiny_shakespeare', 'arithmetic')
 TOKENIZERS = ('char', 'byte', 'bpe')
 POSITIONS = ('learned', 'rotary')
+TOKENIZER_FILE = 'tokenizer.json'  # in the workdir, written before training
 _SAMPLE_STREAM = 8  # keys of the samples written at the end of training
 
 
@@ -118,7 +122,27 @@ class LanguageModel(Workload):
     return pipeline.RandomWindows(data['train']['tokens'], self.config.model.context + 1,
                                   global_batch, seed, process_index, process_count)
 
+  def save_artifacts(self, workdir: str) -> None:
+    """The tokenizer, as `tokenizer.json`: its vocabulary or merges."""
+    (epath.Path(workdir) / TOKENIZER_FILE).write_text(json.dumps(self.tokenizer.to_dict()))
+
+  def load_artifacts(self, workdir: str) -> None:
+    path = epath.Path(workdir) / TOKENIZER_FILE
+    if not path.exists():  # A run from before the tokenizer was saved.
+      print(f'note: {path} does not exist; rebuilding the tokenizer from the training data',
+            file=sys.stderr)
+      self.load_data()
+      return
+    try:
+      self.tokenizer = tokenizers.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as e:
+      raise UsageError(str(path), f'is not a tokenizer ({type(e).__name__}: {e})',
+                       'restore the file, or retrain') from None
+
   # -- The model ------------------------------------------------------------------
+
+  def build_model(self) -> model_lib.Transformer:
+    return self.model
 
   @functools.cached_property
   def model(self) -> model_lib.Transformer:
@@ -336,9 +360,9 @@ class LanguageModel(Workload):
 
 
 def trained_workload(workdir: str) -> LanguageModel:
-  """The workload of a run in `workdir`, with its tokenizer (data loaded)."""
+  """The workload of a run in `workdir`, with its tokenizer."""
   workload = LanguageModel(config_lib.load_run_config(workdir))
-  workload.load_data()
+  workload.load_artifacts(workdir)
   return workload
 
 

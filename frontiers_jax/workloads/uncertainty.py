@@ -231,6 +231,9 @@ class Uncertainty(Workload):
 
   # -- Model and predictions -------------------------------------------------------
 
+  def build_model(self):
+    return self.model()
+
   def model(self) -> nn.Module:
     c, m = self.config, self.config.model
     outputs = (4 if c.method == 'evidential' else 2) if self.regression else NUM_CLASSES
