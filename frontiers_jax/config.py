@@ -42,6 +42,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2
   c.num_devices = 0           # 0: all devices; n: the first n (one process)
   c.quiet = False             # no progress lines on the console
+  c.init_from = ''            # a trained run's workdir or an exported .safetensors file:
+                              # start from its parameters (fine-tuning)
 
   # The devices form a data x fsdp mesh (frontiers_jax.training.sharding).
   c.mesh = ml_collections.ConfigDict()

@@ -1,83 +1,106 @@
 """Trained parameters out of the project, in formats other tools read.
 
-  frontiers export WORKDIR --format=safetensors   # -> WORKDIR/export/model.safetensors
+  frontiers export WORKDIR --format=safetensors|torch|hf   # -> WORKDIR/export/
 
-safetensors (any workload): every parameter array under its dotted path in the
-parameter tree (`block_0.attention.query.kernel`), in its own dtype, with the
-run's config, workload, step and (language models) tokenizer as JSON strings
-in the header's `__metadata__`. The format: an 8-byte little-endian header
-length, a JSON header naming each tensor's dtype, shape and byte range, then
-the bytes, row-major and little-endian (huggingface.co/docs/safetensors).
-Flax kernels keep their layout ([in, out]); PyTorch's Linear holds [out, in].
+safetensors (any workload): `model.safetensors`, every parameter array under
+its dotted path in the parameter tree (`block_0.attention.query.kernel`), in
+its own dtype, with the run's config, workload, step and (language models)
+tokenizer as JSON strings in its metadata. Flax kernels keep their layout
+([in, out]); PyTorch's Linear holds [out, in].
+
+torch (models with a PyTorch twin in `frontiers_jax.bench`: the GPT, the UNet,
+the small CNN): `model.pt`, the twin's `state_dict`.
+
+hf (a GPT with learned positions): a Hugging Face `GPT2LMHeadModel` folder,
+`config.json` and `model.safetensors` (`frontiers_jax.lm.huggingface`), with
+the project's tokenizer as `frontiers_tokenizer.json`.
 """
 
 import json
 import os
-import struct
-from typing import Any
-
-import numpy as np
 
 from frontiers_jax import config as config_lib
-from frontiers_jax.errors import check
+from frontiers_jax import params_io
+from frontiers_jax.errors import UsageError, check
 
-FORMATS = ('safetensors',)
-
-# numpy dtype name -> safetensors dtype name.
-_DTYPES = {'float64': 'F64', 'float32': 'F32', 'float16': 'F16', 'bfloat16': 'BF16',
-           'int64': 'I64', 'int32': 'I32', 'int16': 'I16', 'int8': 'I8', 'uint8': 'U8',
-           'bool': 'BOOL'}
+FORMATS = ('safetensors', 'torch', 'hf')
 
 
-def flatten(tree: Any, prefix: str = '') -> dict[str, np.ndarray]:
-  """{'a.b.c': array} of a nested dict of arrays (list items by index)."""
-  if isinstance(tree, dict):
-    items = tree.items()
-  elif isinstance(tree, (list, tuple)):
-    items = enumerate(tree)
-  else:
-    return {prefix: np.asarray(tree)}
-  flat = {}
-  for key, value in items:
-    flat.update(flatten(value, f'{prefix}.{key}' if prefix else str(key)))
-  return flat
-
-
-def write_safetensors(path: str, tensors: dict[str, np.ndarray],
-                      metadata: dict[str, str] | None = None) -> str:
-  """Writes `tensors` to `path` in the safetensors format; returns `path`."""
-  header: dict[str, Any] = {'__metadata__': dict(metadata or {})}
-  chunks, offset = [], 0
-  for name in sorted(tensors):
-    array = np.ascontiguousarray(tensors[name])
-    check(array.dtype.name in _DTYPES, 'export', f'{name} has dtype {array.dtype}',
-          f'safetensors holds {", ".join(_DTYPES)}')
-    data = array.astype(array.dtype.newbyteorder('<'), copy=False).tobytes()
-    header[name] = {'dtype': _DTYPES[array.dtype.name], 'shape': list(array.shape),
-                    'data_offsets': [offset, offset + len(data)]}
-    chunks.append(data)
-    offset += len(data)
-  encoded = json.dumps(header, separators=(',', ':')).encode()
-  encoded += b' ' * (-len(encoded) % 8)  # the byte buffer starts 8-aligned
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, 'wb') as f:
-    f.write(struct.pack('<Q', len(encoded)))
-    f.write(encoded)
-    for data in chunks:
-      f.write(data)
-  return path
+def _run_metadata(run) -> dict[str, str]:
+  metadata = {'workload': run.config.workload, 'step': str(run.step),
+              'config': config_lib.to_json(run.config)}
+  if run.tokenizer is not None:
+    metadata['tokenizer'] = json.dumps(run.tokenizer.to_dict())
+  return metadata
 
 
 def export_safetensors(run, path: str) -> str:
   """The parameters of `run` (a `runs.TrainedRun`) as one safetensors file."""
-  metadata = {'format': 'frontiers_jax', 'workload': run.config.workload,
-              'step': str(run.step), 'config': config_lib.to_json(run.config)}
-  if run.tokenizer is not None:
-    metadata['tokenizer'] = json.dumps(run.tokenizer.to_dict())
-  return write_safetensors(path, flatten(run.params), metadata)
+  return params_io.write_safetensors(path, params_io.flatten(run.params),
+                                     {'format': 'frontiers_jax', **_run_metadata(run)})
+
+
+def export_hf(run, folder: str) -> list[str]:
+  """A language model as a Hugging Face GPT-2 folder, with the project's
+  tokenizer beside it (`frontiers_tokenizer.json`: the token ids are ours)."""
+  check(run.config.workload == 'lm', 'format', f'hf is for language models, not '
+        f'{run.config.workload}', 'export --format=safetensors')
+  from frontiers_jax.lm import huggingface  # noqa: PLC0415
+  paths = huggingface.write_gpt2(folder, run.model, run.params, _run_metadata(run))
+  tokenizer = os.path.join(folder, 'frontiers_tokenizer.json')
+  with open(tokenizer, 'w') as f:
+    json.dump(run.tokenizer.to_dict(), f)
+  return paths + [tokenizer]
+
+
+def check_twin(run) -> None:
+  """A `UsageError` unless `run.model` has a PyTorch twin and torch is installed."""
+  from frontiers_jax import models  # noqa: PLC0415
+  name = run.config.workload
+  check(name in ('lm', 'diffusion') or isinstance(run.model, models.SmallCNN), 'format',
+        f'the {name} model ({type(run.model).__name__}) has no PyTorch twin',
+        'export --format=safetensors; twins exist for lm, diffusion and the cnn classifier')
+  try:
+    import torch  # noqa: F401, PLC0415
+  except ImportError:
+    raise UsageError('format', 'torch needs PyTorch, which is not installed',
+                     'pip install "frontiers_jax[bench]"') from None
+
+
+def torch_twin(run):
+  """The PyTorch twin of `run.model` (`frontiers_jax.bench`) with its weights."""
+  check_twin(run)
+  from frontiers_jax.data import registry  # noqa: PLC0415
+  if run.config.workload == 'lm':
+    from frontiers_jax.bench import torch_gpt  # noqa: PLC0415
+    return torch_gpt.load_flax_params(torch_gpt.TorchGPT.from_module(run.model), run.params)
+  if run.config.workload == 'diffusion':
+    from frontiers_jax.bench import torch_unet  # noqa: PLC0415
+    channels = registry.IMAGE_SHAPES[run.config.data.name][-1]
+    return torch_unet.load_flax_params(torch_unet.TorchUNet.from_module(run.model, channels),
+                                       run.params)
+  from frontiers_jax.bench import torch_cnn  # noqa: PLC0415
+  shape = registry.IMAGE_SHAPES[run.config.data.name]
+  return torch_cnn.load_flax_params(torch_cnn.TorchSmallCNN.from_module(run.model, shape),
+                                    run.params)
+
+
+def export_torch(run, path: str) -> str:
+  """The PyTorch twin's `state_dict`, saved with `torch.save`. Load it with
+  `TorchGPT.from_module(fj.load_run(WORKDIR).model).load_state_dict(torch.load(path))`
+  (likewise `TorchUNet`, `TorchSmallCNN`)."""
+  import torch  # noqa: PLC0415
+  twin = torch_twin(run)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  torch.save(twin.state_dict(), path)
+  return path
 
 
 def export(run, fmt: str, out: str) -> list[str]:
-  """Writes `run` in format `fmt` under `out`; returns the paths written."""
+  """Writes `run` in format `fmt` under the folder `out`; returns the paths written."""
   check(fmt in FORMATS, 'format', f'unknown format {fmt!r}', f'allowed: {", ".join(FORMATS)}')
+  if fmt == 'hf':
+    return export_hf(run, out)
+  if fmt == 'torch':
+    return [export_torch(run, os.path.join(out, 'model.pt'))]
   return [export_safetensors(run, os.path.join(out, 'model.safetensors'))]

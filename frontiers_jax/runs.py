@@ -11,22 +11,15 @@ config and loads its data without training (the loop's `Run`); `load_run`
 reads a trained run without any training data.
 """
 
-import contextlib
 import dataclasses
-import logging
-import os
-import sys
 from typing import Any
 
 import flax.linen as nn
 import ml_collections
-import orbax.checkpoint as ocp
-from etils import epath
 
 from frontiers_jax import config as config_lib
 from frontiers_jax import workloads
-from frontiers_jax.errors import UsageError, check
-from frontiers_jax.training import logs
+from frontiers_jax.training import checkpoints
 from frontiers_jax.training import loop
 from frontiers_jax.workloads.base import Workload
 
@@ -64,55 +57,7 @@ def load_run(workdir: str, step: int | None = None) -> TrainedRun:
   config = config_lib.load_run_config(workdir)
   workload = workloads.create(config)
   workload.load_artifacts(workdir)
-  step, state = restore_state(workdir, step)
+  step, state = checkpoints.read_state(workdir, step)
   return TrainedRun(config=config, workload=workload, model=workload.build_model(),
                     params=workload.inference_params(state), step=step,
                     tokenizer=getattr(workload, 'tokenizer', None))
-
-
-def restore_state(workdir: str, step: int | None = None) -> tuple[int, dict]:
-  """(step, the train state as nested dicts of arrays) of a checkpoint,
-  restored without a template, read-only."""
-  directory = os.path.join(workdir, 'checkpoints')
-  if not logs.is_remote(directory):
-    directory = os.path.abspath(directory)  # Orbax takes absolute paths only.
-  check(epath.Path(directory).is_dir(), 'workdir', f'no checkpoints in {workdir}',
-        f'train first: frontiers train --workdir={workdir}')
-  with _quiet_orbax():
-    manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(read_only=True))
-    try:
-      steps = sorted(manager.all_steps())
-      check(bool(steps), 'workdir', f'no checkpoint in {directory}',
-            f'train first: frontiers train --workdir={workdir}')
-      if step is not None:
-        check(step in steps, 'step', f'no checkpoint of step {step} in {directory}',
-              f'steps there: {", ".join(map(str, steps))}')
-      tried = []
-      for candidate in ([step] if step is not None else reversed(steps)):
-        try:
-          item = manager.restore(candidate, args=ocp.args.StandardRestore())
-        except Exception as e:  # Orbax raises many types for damaged files.
-          first_line = (str(e).splitlines() or [''])[0][:160]
-          tried.append(f'{candidate} ({type(e).__name__}: {first_line})')
-          continue
-        if tried:
-          print(f'warning: checkpoints {", ".join(tried)} in {directory} are unreadable; '
-                f'using step {candidate}', file=sys.stderr)
-        return candidate, item['state']
-    finally:
-      manager.close()
-  raise UsageError(directory, f'no checkpoint could be read (tried {", ".join(tried)})',
-                   'retrain, or restore the checkpoints from a copy')
-
-
-@contextlib.contextmanager
-def _quiet_orbax():
-  """Orbax logs a WARNING for every read-only manager it opens."""
-  logger = logging.getLogger('absl')
-  level = logger.level
-  logger.setLevel(logging.ERROR)
-  try:
-    yield
-  finally:
-    logger.setLevel(level)

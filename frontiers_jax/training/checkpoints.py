@@ -13,8 +13,9 @@ and renames it when complete, so the checkpoints before it stay intact.
 """
 
 import contextlib
-
+import logging
 import os
+import sys
 import re
 import warnings
 from typing import Any
@@ -23,7 +24,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from frontiers_jax.errors import UsageError
+from frontiers_jax.errors import UsageError, check
 from frontiers_jax.training.logs import is_remote
 
 
@@ -154,3 +155,51 @@ class Checkpoints:
     finally:
       with contextlib.suppress(Exception):
         self._manager.close()
+
+
+def read_state(workdir: str, step: int | None = None) -> tuple[int, dict]:
+  """(step, the train state as nested dicts of arrays) of a checkpoint,
+  restored without a template, read-only."""
+  directory = os.path.join(workdir, 'checkpoints')
+  if not is_remote(directory):
+    directory = os.path.abspath(directory)  # Orbax takes absolute paths only.
+  check(epath.Path(directory).is_dir(), 'workdir', f'no checkpoints in {workdir}',
+        f'train first: frontiers train --workdir={workdir}')
+  with _quiet_orbax():
+    manager = ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(read_only=True))
+    try:
+      steps = sorted(manager.all_steps())
+      check(bool(steps), 'workdir', f'no checkpoint in {directory}',
+            f'train first: frontiers train --workdir={workdir}')
+      if step is not None:
+        check(step in steps, 'step', f'no checkpoint of step {step} in {directory}',
+              f'steps there: {", ".join(map(str, steps))}')
+      tried = []
+      for candidate in ([step] if step is not None else reversed(steps)):
+        try:
+          item = manager.restore(candidate, args=ocp.args.StandardRestore())
+        except Exception as e:  # Orbax raises many types for damaged files.
+          first_line = (str(e).splitlines() or [''])[0][:160]
+          tried.append(f'{candidate} ({type(e).__name__}: {first_line})')
+          continue
+        if tried:
+          print(f'warning: checkpoints {", ".join(tried)} in {directory} are unreadable; '
+                f'using step {candidate}', file=sys.stderr)
+        return candidate, item['state']
+    finally:
+      manager.close()
+  raise UsageError(directory, f'no checkpoint could be read (tried {", ".join(tried)})',
+                   'retrain, or restore the checkpoints from a copy')
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+  """Orbax logs a WARNING for every read-only manager it opens."""
+  logger = logging.getLogger('absl')
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)

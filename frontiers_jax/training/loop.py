@@ -48,6 +48,7 @@ from frontiers_jax.training import checkpoints as checkpoints_lib
 from frontiers_jax.training import logs
 from frontiers_jax.training import perf
 from frontiers_jax.training import sharding
+from frontiers_jax.training import warm_start
 from frontiers_jax.workloads.base import Workload
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM, after the checkpoint is written.
@@ -78,6 +79,7 @@ class Run:
   workload: Workload
   mesh: jax.sharding.Mesh
   data: dict[str, Any]
+  init_params: Any = None  # `config.init_from`'s parameters, for a run not yet begun
 
 
 def prepare(workload: Workload, workdir: str) -> Run:
@@ -92,7 +94,15 @@ def prepare(workload: Workload, workdir: str) -> Run:
   data = workload.load_data()
   workload.train_batches(data, config.batch_size, config.seed)  # checks the size
   check_workdir(workdir)
-  return Run(config, workdir, workload, mesh, data)
+  init_params = None
+  if config.get('init_from') and not _has_checkpoints(workdir):
+    init_params = warm_start.read_params(config.init_from, workload)
+  return Run(config, workdir, workload, mesh, data, init_params)
+
+
+def _has_checkpoints(workdir: str) -> bool:
+  directory = epath.Path(workdir) / 'checkpoints'
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
 def check_workdir(workdir: str) -> None:
@@ -138,6 +148,9 @@ def _fresh_state(run: Run):
   init = jax.jit(lambda key, batch: jax.tree.leaves(run.workload.create_state(key, batch)),
                  out_shardings=jax.tree.leaves(shardings))
   state = jax.tree.unflatten(jax.tree.structure(abstract), init(init_key, example))
+  if run.init_params is not None:
+    params = warm_start.fit(run.init_params, abstract.params, run.config.init_from)
+    state = run.workload.start_from(state, jax.device_put(params, shardings.params))
   return batches, state, example, zero_metrics(run.workload, state, example)
 
 

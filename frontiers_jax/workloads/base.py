@@ -19,6 +19,8 @@ evaluation schedule, checkpoints and progress. A workload owns the math:
   perf_spec()                        -> PerfSpec: report tokens/s and MFU
   save_artifacts(workdir)            -> writes what the model needs besides
                                         config and parameters (a tokenizer)
+  start_from(state, params)          -> a fresh state with another run's
+                                        parameters (`config.init_from`)
 
 A trained run comes back without its data (`frontiers_jax.runs.load_run`):
 
@@ -154,6 +156,10 @@ class Workload:
   def build_model(self) -> Any:
     """The flax module, built from the config and `load_artifacts` alone."""
     raise NotImplementedError
+
+  def start_from(self, state, params):
+    """`state` with `params` from another run (`config.init_from`)."""
+    return state.replace(params=params)
 
   def inference_params(self, state: dict) -> Any:
     """The parameters to sample and evaluate with, from a train state

@@ -163,6 +163,10 @@ class Diffusion(Workload):
   def build_model(self) -> unet.UNet:
     return self.network()
 
+  def start_from(self, state, params):
+    """The EMA starts at the given parameters too."""
+    return state.replace(params=params, ema_params=params)
+
   def inference_params(self, state: dict):
     """The EMA of the parameters: what the sampler and evaluation use."""
     return state['ema_params']
