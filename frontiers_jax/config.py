@@ -44,6 +44,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.quiet = False             # no progress lines on the console
   c.init_from = ''            # a trained run's workdir or an exported .safetensors file:
                               # start from its parameters (fine-tuning)
+  c.profile_steps = ()        # (a, b): a profiler trace of steps a to b - 1 in
+                              # workdir/profile (TensorBoard's profile plugin, Perfetto)
 
   # The devices form a data x fsdp mesh (frontiers_jax.training.sharding).
   c.mesh = ml_collections.ConfigDict()
@@ -388,6 +390,14 @@ def validate_common(config: ml_collections.ConfigDict, num_devices: int) -> None
   final = config.optim.final_learning_rate
   check(0 <= final <= lr, 'config.optim.final_learning_rate', f'{final} is not allowed',
         f'give 0 to the learning rate {lr}')
+  # Empty (no trace), or two steps a < b within the run: a trace of nothing,
+  # or one that never stops, would be found out only after training.
+  steps = config.get('profile_steps', ())
+  ints = all(isinstance(s, int) and not isinstance(s, bool) for s in steps)
+  check(not steps or (len(steps) == 2 and ints and 0 <= steps[0] < steps[1] <= config.num_steps),
+        'config.profile_steps', f'{",".join(map(str, steps))} is not allowed',
+        f'give two steps a,b with 0 <= a < b <= num_steps ({config.num_steps}), '
+        'or () for none')
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

@@ -19,6 +19,7 @@ from frontiers_jax import report
 from frontiers_jax import runs as runs_lib
 from frontiers_jax import workloads
 from frontiers_jax.errors import UsageError
+from frontiers_jax.progress import Progress
 from frontiers_jax.training import logs
 from frontiers_jax.training import loop
 
@@ -53,7 +54,9 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, key: str,
   prepared = [runs_lib.prepare(c, os.path.join(workdir, f'{key}={v}'))
               for c, v in zip(configs, values)]
   runs = {}
-  for value, run in zip(values, prepared):
+  progress = Progress('sweep', len(values), 'runs done', every_s=0, enabled=not config.quiet)
+  for index, (value, run) in enumerate(zip(values, prepared)):
+    progress.update(index, f'next {key}={value}')
     summary = loop.run_training(run)
     runs[str(value)] = {
         'summary': summary,
@@ -61,6 +64,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, key: str,
         'config': json.loads(config_lib.to_json(run.config)),
         'workdir': run.workdir,
     }
+  progress.update(len(values), f'{key}={", ".join(map(str, values))}')
   return runs
 
 
@@ -87,4 +91,3 @@ def run_and_report(config: ml_collections.ConfigDict, workdir: str, key: str,
       table=table, figures=figures)
   return report.write(os.path.join(workdir, 'report.html'),
                       f'frontiers_jax sweep: {config.workload}', [section])
-

@@ -18,7 +18,7 @@ from hypothesis import given, settings, strategies as st
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import attack_models
-from frontiers_jax import attacks
+from frontiers_jax.adversarial import attacks
 
 B, HW, K, HIDDEN = 8, 4, 4, 8
 # (loss, targeted) pairs that exist; targeted DLR is not implemented.

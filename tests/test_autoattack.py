@@ -19,7 +19,7 @@ from hypothesis import given, settings, strategies as st
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import attack_models
-from frontiers_jax import attacks, autoattack
+from frontiers_jax.adversarial import attacks, autoattack
 
 B, HW, K, HIDDEN = 32, 6, 4, 16
 PROPERTY = settings(max_examples=15, deadline=None)

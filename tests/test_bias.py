@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from frontiers_jax import dbvae
+from frontiers_jax.bias import dbvae
 from frontiers_jax import runs
 from frontiers_jax.data import bias as bias_data
 from frontiers_jax.errors import UsageError

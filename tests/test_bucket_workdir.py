@@ -53,16 +53,17 @@ def test_metrics_are_written_rewound_and_read_back(bucket):
 
 def test_figures_are_drawn_locally_and_copied(bucket):
   class Workload:
-    def figures(self, state, data, history, fig_dir):
+    def report(self, state, data, history, fig_dir):
       assert not logs.is_remote(fig_dir)  # matplotlib writes local files
       paths = [os.path.join(fig_dir, name) for name in ('a.png', 'b.txt')]
       for path in paths:
         with open(path, 'w') as f:
           f.write(os.path.basename(path))
-      return paths
+      return {'test/score': 1.0}, paths
 
   fig_dir = f'{bucket}/figures'
-  paths = loop._draw_figures(Workload(), None, None, [], fig_dir)
+  metrics, paths = loop._report(Workload(), None, None, [], fig_dir)
+  assert metrics == {'test/score': 1.0}
   assert paths == [f'{fig_dir}/a.png', f'{fig_dir}/b.txt']
   assert [epath.Path(p).read_text() for p in paths] == ['a.png', 'b.txt']
 

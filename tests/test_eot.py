@@ -18,7 +18,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from frontiers_jax import attacks, data, eot, models
+from frontiers_jax import data, models
+from frontiers_jax.adversarial import attacks, eot
 
 B, HW, K, HIDDEN = 8, 8, 4, 16
 NO_CHANGE = eot.TransformRange(max_rotation_deg=0., max_translation=0., scale_range=(1., 1.),

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from frontiers_jax import robustness
+from frontiers_jax.adversarial import robustness
 from conftest import REPO
 
 
@@ -52,9 +52,15 @@ def test_evaluate_launcher_on_a_tiny_run(tmp_path):
   evaluate = [sys.executable, 'launch/evaluate.py', f'--workdir={workdir}',
               '--config.robustness.attacks=fgsm,pgd', '--config.robustness.l2_eps=()',
               '--config.robustness.num_examples=64',
-              '--config.robustness.eot_examples=0']
+              '--config.robustness.eot_examples=0', '--config.quiet=false']
   out = subprocess.run(evaluate, cwd=REPO, env=env, capture_output=True, text=True)
   assert out.returncode == 0, out.stderr
+  # Progress on stderr, the last line for all 2 eps x 2 attacks x 64 images;
+  # nothing of it on stdout, which holds the table.
+  progress = [line for line in out.stderr.splitlines() if line.startswith('[evaluate linf]')]
+  assert progress and progress[-1].startswith(
+      '[evaluate linf] eps 1, pgd: 256/256 attacked images (100.0%)  in '), out.stderr
+  assert '[evaluate' not in out.stdout and 'worst case' in out.stdout
   with open(os.path.join(workdir, 'robustness.json')) as f:
     result = json.load(f)
   linf = result['linf']

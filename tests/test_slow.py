@@ -33,7 +33,7 @@ def test_mnist_standard_training_is_accurate_and_not_robust(tmp_path, data_dir):
   """Issue #3, acceptance 1: >= 99 % clean, PGD-40 (eps 0.3, step 0.01) <= 1 %."""
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
-  from frontiers_jax import attacks  # noqa: PLC0415
+  from frontiers_jax.adversarial import attacks  # noqa: PLC0415
 
   workdir = str(tmp_path / 'run')
   run = runs.prepare(load('adversarial.py:mnist'), workdir)

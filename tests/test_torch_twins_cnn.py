@@ -29,7 +29,7 @@ import pytest
 torch = pytest.importorskip(
     'torch', reason='the PyTorch twins need torch (pip install -e .[bench])')
 
-from frontiers_jax import attacks  # noqa: E402
+from frontiers_jax.adversarial import attacks  # noqa: E402
 from frontiers_jax.bench import torch_attacks, torch_cnn  # noqa: E402
 from frontiers_jax.config import base_config  # noqa: E402
 from frontiers_jax.models import SmallCNN  # noqa: E402

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from frontiers_jax import attacks
+from frontiers_jax.adversarial import attacks
 from frontiers_jax.bench import torch_attacks, torch_cnn, torch_gpt, torch_optim
 from frontiers_jax.bench import torch_samplers, torch_unet
 from frontiers_jax.bench.harness import Row

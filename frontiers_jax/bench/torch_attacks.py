@@ -1,4 +1,4 @@
-"""A PyTorch twin of `frontiers_jax.attacks.pgd` for the L-inf ball and CE loss.
+"""A PyTorch twin of `frontiers_jax.adversarial.attacks.pgd` for the L-inf ball and CE loss.
 
 PGD (Madry et al. 2018, eq. 2) ascends the per-example cross-entropy by signed
 gradient steps and projects back after each:

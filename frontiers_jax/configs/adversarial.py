@@ -52,7 +52,7 @@ def get_config(arg=None):
   # EOT vs plain PGD at attack.eps, judged under fresh random transformations.
   c.robustness.eot_examples = 500  # 0: skip
   c.robustness.eot_samples = 16
-  # The transformation distribution (frontiers_jax.eot.TransformRange).
+  # The transformation distribution (frontiers_jax.adversarial.eot.TransformRange).
   c.robustness.eot_rotation_deg = 15.0
   c.robustness.eot_translation = 0.1
   c.robustness.eot_scale = (0.9, 1.1)

@@ -3,8 +3,10 @@
 `metrics.jsonl` holds one JSON object per logged step, `{"step": s, "train/loss":
 ..., "eval/accuracy": ...}`, and nothing that depends on timing, so that a
 resumed run reproduces it exactly. Speeds go to TensorBoard and the console.
-Only process 0 writes. A workdir may be a bucket (gs://...): files go through
-`etils.epath` (with gcsfs), as Orbax's do.
+TensorBoard also gets the config (hyperparameters and JSON text) and, when
+training ends, the figures as images and the text files beside them (the
+language model's samples) as text. Only process 0 writes. A workdir may be a
+bucket (gs://...): files go through `etils.epath` (with gcsfs), as Orbax's do.
 """
 
 import datetime
@@ -15,7 +17,10 @@ import sys
 from typing import Any
 
 import jax
+import numpy as np
 from etils import epath
+
+from frontiers_jax import config as config_lib
 
 
 def is_remote(path) -> bool:
@@ -24,16 +29,36 @@ def is_remote(path) -> bool:
 
 
 class MetricsLog:
-  """Appends per-step metric records; rewinds to a checkpoint on resume."""
+  """Appends per-step metric records; rewinds to a checkpoint on resume.
 
-  def __init__(self, workdir: str):
+  `resume_step`: the checkpoint step a resumed run starts from. Records after
+  it are dropped, and TensorBoard is told to drop its events after it too (a
+  purge step), since the resumed run writes them again.
+  """
+
+  def __init__(self, workdir: str, resume_step: int | None = None):
     self.path = epath.Path(workdir) / 'metrics.jsonl'
+    self.tensorboard_dir = os.path.join(workdir, 'tensorboard')
     self.writes = jax.process_index() == 0
     self._tensorboard = None
     if self.writes:
       # Imported here: tensorboardX pulls in protobuf, needed by writers only.
       from tensorboardX import SummaryWriter
-      self._tensorboard = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      purge = {} if resume_step is None else {'purge_step': resume_step + 1}
+      self._tensorboard = SummaryWriter(self.tensorboard_dir, **purge)
+    if resume_step is not None:
+      self.rewind(resume_step)
+
+  def write_config(self, config) -> None:
+    """The config as hyperparameters (TensorBoard's HParams tab, one dotted
+    key per leaf) and as JSON text, so runs can be compared by what they ran."""
+    if not self.writes:
+      return
+    from tensorboardX.summary import hparams
+    for summary in hparams(flat_hparams(config.to_dict()), {}):
+      self._tensorboard.file_writer.add_summary(summary)
+    _add_text(self._tensorboard, 'config', _code_block(config_lib.to_json(config), 'json'), 0)
+    self._tensorboard.flush()
 
   def rewind(self, step: int) -> None:
     """Drops records after `step`: they are written again by the resumed run."""
@@ -64,6 +89,72 @@ class MetricsLog:
   def close(self) -> None:
     if self._tensorboard is not None:
       self._tensorboard.close()
+
+  def write_figures(self, step: int, paths: list[str], fig_dir: str) -> None:
+    """Each PNG of `paths` as an image and each .txt file of `fig_dir` as
+    text, tagged `figures/<file stem>`, at `step`.
+
+    Written after training, when the run's writer is closed: through a writer
+    of their own, in a file of their own (event files are named by the second
+    they were opened in, and a second writer of the same name would truncate
+    the first).
+    """
+    if not self.writes:
+      return
+    from tensorboardX import SummaryWriter
+    texts = sorted(epath.Path(fig_dir).glob('*.txt')) if epath.Path(fig_dir).is_dir() else []
+    with SummaryWriter(self.tensorboard_dir, filename_suffix='.figures') as writer:
+      for path in paths:
+        if path.endswith('.png'):
+          writer.add_image(f'figures/{_stem(path)}', _read_png(path), step,
+                           dataformats='HWC')
+      for path in texts:
+        _add_text(writer, f'figures/{path.stem}', _code_block(path.read_text()), step)
+
+
+def flat_hparams(values: dict, prefix: str = '') -> dict[str, bool | int | float | str]:
+  """A nested config dict as `{'optim.learning_rate': 0.001, ...}`: the
+  scalar types TensorBoard's HParams plugin takes; others (tuples) as text."""
+  flat = {}
+  for key, value in values.items():
+    if isinstance(value, dict):
+      flat.update(flat_hparams(value, f'{prefix}{key}.'))
+    elif isinstance(value, (bool, int, float, str)):
+      flat[prefix + key] = value
+    else:
+      flat[prefix + key] = str(value)
+  return flat
+
+
+def _code_block(text: str, language: str = '') -> str:
+  """`text` verbatim in TensorBoard's text tab, which renders markdown."""
+  fence = '```'
+  while fence in text:
+    fence += '`'
+  return f'{fence}{language}\n{text.rstrip()}\n{fence}'
+
+
+def _add_text(writer, tag: str, text: str, step: int) -> None:
+  """`writer.add_text`, under `tag` itself rather than `tag/text_summary`."""
+  from tensorboardX.summary import text as text_summary
+  summary = text_summary(tag, text)
+  summary.value[0].tag = tag
+  writer.file_writer.add_summary(summary, step)
+
+
+def _stem(path: str) -> str:
+  return os.path.splitext(os.path.basename(path))[0]
+
+
+def _read_png(path: str) -> np.ndarray:
+  """[H, W, 3] floats in [0, 1]: an alpha channel is dropped (matplotlib's
+  figures are opaque) and gray is repeated, as TensorBoard's images take RGB."""
+  from matplotlib import image
+  with epath.Path(path).open('rb') as f:
+    pixels = image.imread(f, format='png')
+  if pixels.ndim == 2:  # grayscale
+    pixels = np.stack([pixels] * 3, axis=-1)
+  return pixels[..., :3]
 
 
 def read_history(workdir) -> list[dict[str, Any]]:

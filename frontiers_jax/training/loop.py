@@ -8,7 +8,7 @@ workloads: `frontiers_jax.runs` makes one from a config. In order:
      mesh axis: `frontiers_jax.training.sharding`) and the jitted steps;
   3. resume from the newest good checkpoint in `workdir/checkpoints`;
   4. loop: batch(step) -> train_step; log, evaluate and checkpoint on schedule;
-  5. score the trained model (`workload.final_metrics`), draw its figures
+  5. score the trained model and draw its figures (`workload.report`)
      and write `summary.json`.
 
 Keys are derived, never carried: step s uses `fold_in(train_key, s)`, and batch
@@ -42,6 +42,7 @@ import orbax.checkpoint
 from etils import epath
 
 from frontiers_jax import config as config_lib
+from frontiers_jax import streams
 from frontiers_jax.data import pipeline
 from frontiers_jax.errors import UsageError
 from frontiers_jax.training import checkpoints as checkpoints_lib
@@ -53,9 +54,6 @@ from frontiers_jax.workloads.base import Workload
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM, after the checkpoint is written.
 EXIT_WRITE_FAILED = 74  # EX_IOERR of sysexits.h: the workdir could not be written.
-
-# Independent key streams derived from the seed.
-_INIT_STREAM, _TRAIN_STREAM = 0, 1
 
 
 class Diverged(RuntimeError):
@@ -139,7 +137,7 @@ def _fresh_state(run: Run):
                                        run.config.seed, jax.process_index(),
                                        jax.process_count())
   example = sharding.shard_batch(run.mesh, batches(0))
-  init_key = jax.random.fold_in(jax.random.key(run.config.seed), _INIT_STREAM)
+  init_key = jax.random.fold_in(jax.random.key(run.config.seed), streams.INIT)
   abstract = jax.eval_shape(run.workload.create_state, init_key, example)
   shardings = sharding.state_shardings(run.mesh, abstract,
                                        sharding.fsdp_settings(run.config)[1])
@@ -188,7 +186,7 @@ def run_training(run: Run) -> dict:
 
   batches, state, example, metric_zeros = _fresh_state(run)
   replicated = sharding.replicated(mesh)
-  train_key = jax.random.fold_in(jax.random.key(config.seed), _TRAIN_STREAM)
+  train_key = jax.random.fold_in(jax.random.key(config.seed), streams.TRAIN)
   train_step = make_train_step(workload, train_key, replicated,
                                jax.tree.map(lambda x: x.sharding, state))
   pending = jax.device_put(metric_zeros, replicated)
@@ -209,15 +207,18 @@ def run_training(run: Run) -> dict:
   # Resume: the state, and the train metrics summed since the last log step.
   ckpt = checkpoints_lib.Checkpoints(os.path.join(workdir, 'checkpoints'),
                                      config.keep_checkpoints)
-  log = logs.MetricsLog(workdir)
   first_step, pending_steps = 0, 0
   restored = ckpt.restore_latest(_checkpoint_item(state, pending, 0))
   if restored is not None:
     first_step, item = restored
     state, pending = item['state'], item['pending']
     pending_steps = int(item['pending_steps'])
-    log.rewind(first_step)
     _say(config, f'[{workload.name}] resumed from step {first_step} in {ckpt.directory}')
+  # Opened knowing the resume step: TensorBoard drops the events after it.
+  log = logs.MetricsLog(workdir, None if restored is None else first_step)
+  if restored is None:
+    log.write_config(config)
+  trace = _Trace(config.get('profile_steps', ()), workdir)
 
   eval_step = jax.jit(workload.eval_step, out_shardings=replicated)
   preempted, restore_sigterm = _preemption_notice()
@@ -226,6 +227,7 @@ def run_training(run: Run) -> dict:
   previous_done = None
   try:
     while step < config.num_steps:
+      trace.before(step)
       batch = sharding.shard_batch(mesh, batches(step))
       state, pending, done = train_step(state, pending, batch, jnp.int32(step))
       # Steps run asynchronously. Waiting for the one before keeps two in
@@ -236,6 +238,7 @@ def run_training(run: Run) -> dict:
       previous_done = done
       step += 1
       pending_steps += 1
+      trace.after(step, done)
       last = step == config.num_steps
       record = {}
       if step % config.log_every == 0 or last:
@@ -275,6 +278,7 @@ def run_training(run: Run) -> dict:
         f'{checkpoints_lib.root_cause(e)}; {ckpt.intact()}') from e
   finally:
     restore_sigterm()  # After training, SIGTERM stops the process again.
+    trace.stop()
     ckpt.close()
     log.close()
 
@@ -284,9 +288,9 @@ def run_training(run: Run) -> dict:
   # global arrays must be run by every process.
   host_state = jax.device_get(jax.jit(lambda s: s, out_shardings=replicated)(state))
   if lead:
-    final_metrics = workload.final_metrics(host_state, run.data)
-    figures = _draw_figures(workload, host_state, run.data, history,
-                            os.path.join(workdir, 'figures'))
+    fig_dir = os.path.join(workdir, 'figures')
+    final_metrics, figures = _report(workload, host_state, run.data, history, fig_dir)
+    log.write_figures(step, figures, fig_dir)
   summary = make_summary(config, history, time.time() - start_time,
                          first_step, steady_times, figures, speed, memory, final_metrics)
   if lead:
@@ -294,17 +298,47 @@ def run_training(run: Run) -> dict:
   return summary
 
 
-def _draw_figures(workload, state, data, history, fig_dir: str) -> list[str]:
-  """The workload's figures in `fig_dir`; for a bucket, drawn in a local
-  folder (matplotlib writes local files) and copied."""
+def _report(workload, state, data, history, fig_dir: str) -> tuple[dict, list[str]]:
+  """The workload's final metrics and figures (`Workload.report`), the figures
+  in `fig_dir`; for a bucket, drawn in a local folder (matplotlib writes local
+  files) and copied."""
   if not logs.is_remote(fig_dir):
     os.makedirs(fig_dir, exist_ok=True)
-    return workload.figures(state, data, history, fig_dir)
+    return workload.report(state, data, history, fig_dir)
   with tempfile.TemporaryDirectory() as local:
-    paths = workload.figures(state, data, history, local)
+    metrics, paths = workload.report(state, data, history, local)
     for name in os.listdir(local):
       epath.Path(local, name).copy(epath.Path(fig_dir) / name, overwrite=True)
-  return [os.path.join(fig_dir, os.path.basename(path)) for path in paths]
+  return metrics, [os.path.join(fig_dir, os.path.basename(path)) for path in paths]
+
+
+class _Trace:
+  """`config.profile_steps` (a, b): a profiler trace of steps a to b - 1 in
+  `workdir/profile`, which TensorBoard's profile plugin and Perfetto read.
+  Process 0 traces; the trace stops early if training ends or fails first."""
+
+  def __init__(self, profile_steps: tuple[int, ...], workdir: str):
+    self.steps = tuple(profile_steps) if jax.process_index() == 0 else ()
+    self.directory = os.path.join(workdir, 'profile')
+    self.running = False
+
+  def before(self, step: int) -> None:
+    """Called before step `step` is dispatched."""
+    if self.steps and step == self.steps[0]:
+      jax.profiler.start_trace(self.directory)
+      self.running = True
+
+  def after(self, steps_done: int, done: jax.Array) -> None:
+    """Called once `steps_done` steps are dispatched; `done` is the last one's
+    output, waited for so that the trace holds the whole step."""
+    if self.running and steps_done == self.steps[1]:
+      done.block_until_ready()
+      self.stop()
+
+  def stop(self) -> None:
+    if self.running:
+      self.running = False
+      jax.profiler.stop_trace()
 
 
 class _Speed:

@@ -26,21 +26,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from frontiers_jax import attacks
 from frontiers_jax import config as config_lib
-from frontiers_jax import eot
 from frontiers_jax import plots
-from frontiers_jax import robustness
+from frontiers_jax import streams
+from frontiers_jax.adversarial import attacks
+from frontiers_jax.adversarial import eot
+from frontiers_jax.adversarial import robustness
 from frontiers_jax.errors import check
+from frontiers_jax.progress import Progress
 from frontiers_jax.workloads.base import classification_sums, gradient_step
 from frontiers_jax.workloads.classification import Classification, cross_entropy
 
 METHODS = ('standard', 'pgd', 'trades')
 ROBUSTNESS_ATTACKS = ('fgsm', 'pgd', 'pgd-long', 'apgd-ce', 'apgd-dlr', 'square')
 _L2_ATTACKS = ('pgd', 'pgd-long', 'apgd-ce', 'apgd-dlr')  # FGSM and Square are L-inf
-_EVAL_ATTACK_STREAM = 2  # Eval's fixed key: fold_in(key(seed), 2).
-_ROBUSTNESS_STREAM = 3   # launch/evaluate.py's key: fold_in(key(seed), 3).
-_EOT_STREAM = 4
 
 
 def trades_adversary(logits_fn, x, key, eps: float, step_size: float, steps: int):
@@ -142,7 +141,7 @@ class Adversarial(Classification):
     x, y, mask = batch['image'], batch['label'], batch['mask']
     logits = state.apply_fn({'params': state.params}, x)
     sums = classification_sums(logits, y, mask)
-    key = jax.random.fold_in(jax.random.key(self.config.seed), _EVAL_ATTACK_STREAM)
+    key = jax.random.fold_in(jax.random.key(self.config.seed), streams.EVAL_ATTACK)
     x_adv = self.pgd(state.params, state.apply_fn, x, y, key, self.config.attack.eval_steps)
     logits_adv = state.apply_fn({'params': state.params}, x_adv)
     sums['robust_accuracy'] = jnp.sum((jnp.argmax(logits_adv, -1) == y) * mask)
@@ -152,7 +151,7 @@ class Adversarial(Classification):
     test = data['test']
     x, y = test['image'][:6], test['label'][:6]
     apply = jax.jit(state.apply_fn)
-    key = jax.random.fold_in(jax.random.key(self.config.seed), _EVAL_ATTACK_STREAM)
+    key = jax.random.fold_in(jax.random.key(self.config.seed), streams.EVAL_ATTACK)
     x_adv = self.pgd(state.params, state.apply_fn, x, y, key, self.config.attack.eval_steps)
     probs = jax.nn.softmax(apply({'params': state.params}, x))
     probs_adv = jax.nn.softmax(apply({'params': state.params}, x_adv))
@@ -193,7 +192,7 @@ class Adversarial(Classification):
     test = data['test']
     if r.num_examples:
       test = {k: v[:r.num_examples] for k, v in test.items()}
-    key = jax.random.fold_in(jax.random.key(self.config.seed), _ROBUSTNESS_STREAM)
+    key = jax.random.fold_in(jax.random.key(self.config.seed), streams.ROBUSTNESS)
     results = {}
     figures = []
     for index, (norm, eps, allowed) in enumerate(
@@ -203,9 +202,11 @@ class Adversarial(Classification):
         continue
       attack_fns = robustness.make_attacks(names, norm, r.pgd_steps, r.apgd_steps,
                                            r.square_queries)
+      progress = Progress(f'evaluate {norm}', len(eps) * len(names) * len(test['label']),
+                          'attacked images', enabled=not self.config.quiet)
       result = robustness.evaluate(state.apply_fn, state.params, test,
                                    jax.random.fold_in(key, index), eps, attack_fns,
-                                   self.config.eval_batch_size, mesh)
+                                   self.config.eval_batch_size, mesh, progress)
       # Images live in [0, 1]: eps 1 (L-inf) or sqrt(pixels) (L2) reaches any image.
       unbounded = 1.0 if norm == 'linf' else float(np.sqrt(np.prod(test['image'].shape[1:])))
       result['warnings'] = robustness.masking_checks(result, unbounded)
@@ -227,7 +228,7 @@ class Adversarial(Classification):
     example still fools the model under fresh random transformations."""
     r, a = self.config.robustness, self.config.attack
     x, y = test['image'][:r.eot_examples], test['label'][:r.eot_examples]
-    key = jax.random.fold_in(jax.random.key(self.config.seed), _EOT_STREAM)
+    key = jax.random.fold_in(jax.random.key(self.config.seed), streams.EOT)
 
     def logits_fn(v):
       return state.apply_fn({'params': state.params}, v)

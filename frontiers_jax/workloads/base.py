@@ -14,7 +14,10 @@ evaluation schedule, checkpoints and progress. A workload owns the math:
   eval_step(state, batch)            -> metric *sums* over real rows, and 'count'
                                         (or 'count_<metric>' for its own divisor)
   derived_metrics(means)             -> metrics computed from the eval means
+  final_metrics(state, data)         -> scores of the trained model
   figures(state, data, history, dir) -> paths of the PNGs it wrote
+  report(state, data, history, dir)  -> (final_metrics, figures): what the
+                                        loop calls after training
   describe(state, flops_per_step)    -> lines printed before the first step
   perf_spec()                        -> PerfSpec: report tokens/s and MFU
   save_artifacts(workdir)            -> writes what the model needs besides
@@ -135,6 +138,12 @@ class Workload:
 
   def figures(self, state, data, history: list[dict], fig_dir: str) -> list[str]:
     return []
+
+  def report(self, state, data, history: list[dict],
+             fig_dir: str) -> tuple[dict[str, float], list[str]]:
+    """What the loop calls after training: `final_metrics`, then `figures`.
+    A workload whose two share their work overrides it to do that work once."""
+    return self.final_metrics(state, data), self.figures(state, data, history, fig_dir)
 
   def describe(self, state, flops_per_step: float | None) -> list[str]:
     """Lines about the model printed before training (e.g. its size)."""

@@ -9,7 +9,7 @@ two subgroups, bias-aligned (colour = the label's colour) and bias-conflicting.
   standard  plain cross-entropy (empirical risk minimization);
   reweight  cross-entropy weighted per (label, colour) group, inversely to the
             group's training frequency: a baseline that *uses the attribute*;
-  dbvae     the debiasing VAE (`frontiers_jax.dbvae`): classifier + VAE on one
+  dbvae     the debiasing VAE (`frontiers_jax.bias.dbvae`): classifier + VAE on one
             encoder, examples resampled by the rarity of their latent code
             within their class; never sees the attribute.
 
@@ -41,8 +41,9 @@ from flax.training import train_state
 
 from frontiers_jax import config as config_lib
 from frontiers_jax import data as data_lib
-from frontiers_jax import dbvae
 from frontiers_jax import models
+from frontiers_jax import streams
+from frontiers_jax.bias import dbvae
 from frontiers_jax.data import bias as bias_data
 from frontiers_jax.data import pipeline
 from frontiers_jax.data import registry
@@ -56,7 +57,6 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 METHODS = ('standard', 'reweight', 'dbvae')
 DATASETS = ('digits', 'mnist', 'fashion_mnist')
 NUM_CLASSES = bias_data.NUM_CLASSES
-_TRAIN_COLOURS, _TEST_COLOURS = 0, 1  # numpy streams (with the seed)
 _SAMPLE, _LATENT = 0, 1               # step key streams
 
 
@@ -138,9 +138,9 @@ class Bias(Workload):
     c = self.config
     grey = grey_splits(c)
     train = bias_data.make_split(grey['train'], c.bias.aligned_fraction, c.seed,
-                                 _TRAIN_COLOURS)
+                                 streams.TRAIN_COLOURS)
     # 1/10 aligned, the rest uniform over the other colours: independent colours.
-    test = bias_data.make_split(grey['test'], 1.0 / NUM_CLASSES, c.seed, _TEST_COLOURS)
+    test = bias_data.make_split(grey['test'], 1.0 / NUM_CLASSES, c.seed, streams.TEST_COLOURS)
     if c.method == 'reweight':
       train['weight'] = bias_data.group_weights(train['label'], train['attribute'])
     if c.method == 'dbvae':
@@ -424,4 +424,3 @@ def method_table(runs: dict[str, dict]) -> list[list]:
 def figure_paths(runs: dict[str, dict]) -> list[str]:
   return [os.path.join(run['workdir'], 'figures', name) for run in runs.values()
           for name in ('saliency.png', 'colour_swap.png')]
-

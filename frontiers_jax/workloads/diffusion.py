@@ -20,7 +20,7 @@ import json
 import math
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -33,19 +33,18 @@ from frontiers_jax import data as data_lib
 from frontiers_jax import models
 from frontiers_jax import plots
 from frontiers_jax import runs
+from frontiers_jax import streams
 from frontiers_jax.diffusion import evaluation
 from frontiers_jax.diffusion import process
 from frontiers_jax.diffusion import samplers
 from frontiers_jax.diffusion import unet
 from frontiers_jax.errors import UsageError, check
+from frontiers_jax.progress import Progress
 from frontiers_jax.training import loop
 from frontiers_jax.training.optim import make_optimizer
 from frontiers_jax.workloads.base import SampleRequest, Workload, gradient_step
 from frontiers_jax.workloads.classification import NUM_CLASSES, load_images
 
-_EVAL_NOISE_STREAM = 5   # eval loss noise: fold_in(key(seed), 5)
-_FIGURE_STREAM = 6
-_EVALUATE_STREAM = 7
 
 # Class names, used as prompts by launch/sample.py ("a sneaker" -> 7).
 CLASS_NAMES = {
@@ -217,7 +216,7 @@ class Diffusion(Workload):
 
   def eval_step(self, state, batch):
     """The denoising loss of the EMA parameters, with noise fixed by the seed."""
-    key = jax.random.fold_in(jax.random.key(self.config.seed), _EVAL_NOISE_STREAM)
+    key = jax.random.fold_in(jax.random.key(self.config.seed), streams.EVAL_NOISE)
     per_example = self.loss_terms(state.ema_params, state.apply_fn, batch['image'],
                                   batch['label'], key, train=False)
     return {'loss': jnp.sum(per_example * batch['mask']), 'count': jnp.sum(batch['mask'])}
@@ -261,9 +260,10 @@ class Diffusion(Workload):
                           jnp.float32(guidance), float(guidance) == 1.0, trajectory)
 
   def generate_many(self, state, key, num: int, image_shape, sampler: str, steps: int,
-                    labels=None, guidance: float = 1.0) -> np.ndarray:
+                    labels=None, guidance: float = 1.0,
+                    on_batch: Callable[[int], None] | None = None) -> np.ndarray:
     """`num` images in batches of eval.batch_size, or one batch of `num` when
-    fewer (one compiled sampler)."""
+    fewer (one compiled sampler); `on_batch(images done)` after each batch."""
     batch = min(self.config.eval.batch_size, num)
     out = []
     for start in range(0, num, batch):
@@ -273,6 +273,8 @@ class Diffusion(Workload):
       images = self.generate(state, jax.random.fold_in(key, start), batch, image_shape,
                              sampler, steps, chunk, guidance)
       out.append(np.asarray(images)[:num - start])
+      if on_batch is not None:
+        on_batch(min(start + batch, num))
     return np.concatenate(out)
 
   def check_sample(self, request: SampleRequest) -> dict:
@@ -304,7 +306,7 @@ class Diffusion(Workload):
     """Writes `out`.png (a grid) and `out`.npy (the images, [N, H, W, C] in [0, 1])."""
     r = plan
     seed = r['seed']
-    key = jax.random.fold_in(jax.random.key(seed), _EVALUATE_STREAM)
+    key = jax.random.fold_in(jax.random.key(seed), streams.EVALUATE)
     labels = None if r['label'] is None else np.full(r['num'], r['label'])
     images = np.asarray(self.generate(state, key, r['num'], self.image_shape(data),
                                       r['sampler'], r['steps'], labels, r['guidance']))
@@ -327,7 +329,7 @@ class Diffusion(Workload):
   def figures(self, state, data, history, fig_dir):
     c = self.config
     sched, shape = self.schedule, self.image_shape(data)
-    key = jax.random.fold_in(jax.random.key(c.seed), _FIGURE_STREAM)
+    key = jax.random.fold_in(jax.random.key(c.seed), streams.FIGURES)
     paths = [plots.loss_curve(history, f'{c.data.name}: denoising loss',
                               f'{fig_dir}/diffusion_loss.png')]
     # Forward noising: 100 % image / 0 % noise -> 0 % image / 100 % noise.
@@ -416,7 +418,7 @@ class Diffusion(Workload):
     """FID per sampler and step count, conditional accuracy of guided samples,
     bits/dim; writes `generation.json` and `figures/fid_vs_steps.png`."""
     c, e = self.config, self.config.eval
-    key = jax.random.fold_in(jax.random.key(c.seed), _EVALUATE_STREAM)
+    key = jax.random.fold_in(jax.random.key(c.seed), streams.EVALUATE)
     shape = self.image_shape(data)
     model, params, classifier_accuracy = self.feature_classifier(workdir)
     say(f'feature classifier: test accuracy {classifier_accuracy:.4f}')
@@ -430,11 +432,16 @@ class Diffusion(Workload):
                'classifier_test_accuracy': classifier_accuracy, 'fid_floor': floor,
                'fid': {}, 'sampling_s': {}}
     labels = np.arange(e.num_samples) % NUM_CLASSES if self.num_classes else None
+    accuracy_total = NUM_CLASSES * e.accuracy_samples if self.num_classes else 0
+    progress = Progress('evaluate', e.num_samples * len(e.fid_samplers) + accuracy_total,
+                        'images sampled', enabled=not c.quiet)
     for index, spec in enumerate(e.fid_samplers):
       name, steps = parse_sampler(spec, c.diffusion.num_timesteps)
       start = time.time()
-      images = self.generate_many(state, jax.random.fold_in(key, index), e.num_samples,
-                                  shape, name, steps, labels, e.guidance)
+      before = index * e.num_samples
+      images = self.generate_many(
+          state, jax.random.fold_in(key, index), e.num_samples, shape, name, steps, labels,
+          e.guidance, on_batch=lambda n, b=before, s=spec: progress.update(b + n, f'FID {s}'))
       seconds = time.time() - start
       fid = evaluation.fid_from_features(features(images), test_feats)
       results['fid'].setdefault(name, {})[steps] = fid
@@ -442,9 +449,11 @@ class Diffusion(Workload):
       say(f'FID {name:<10} {steps:>5} steps: {fid:8.3f}  ({seconds:.0f} s to sample)')
     if self.num_classes:
       wanted = np.repeat(np.arange(NUM_CLASSES), e.accuracy_samples)
-      images = self.generate_many(state, jax.random.fold_in(key, 1000), len(wanted), shape,
-                                  c.sample.sampler, c.sample.steps, wanted,
-                                  e.accuracy_guidance)
+      before = e.num_samples * len(e.fid_samplers)
+      images = self.generate_many(
+          state, jax.random.fold_in(key, 1000), len(wanted), shape, c.sample.sampler,
+          c.sample.steps, wanted, e.accuracy_guidance,
+          on_batch=lambda n: progress.update(before + n, 'guided samples'))
       predicted = np.concatenate([
           np.asarray(jnp.argmax(model.apply({'params': params}, jnp.asarray(chunk)), -1))
           for chunk in np.array_split(images, max(1, len(images) // 500))])

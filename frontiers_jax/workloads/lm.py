@@ -43,6 +43,7 @@ from flax.training import train_state
 from frontiers_jax import config as config_lib
 from frontiers_jax import models
 from frontiers_jax import plots
+from frontiers_jax import streams
 from frontiers_jax.data import files, pipeline, registry
 from frontiers_jax.errors import UsageError, check
 from frontiers_jax.lm import arithmetic, generate, model as model_lib, tokenizers
@@ -52,7 +53,6 @@ DATASETS = ('tiny_shakespeare', 'arithmetic')
 TOKENIZERS = ('char', 'byte', 'bpe')
 POSITIONS = ('learned', 'rotary')
 TOKENIZER_FILE = 'tokenizer.json'  # in the workdir, written before training
-_SAMPLE_STREAM = 8  # keys of the samples written at the end of training
 
 
 class LanguageModel(Workload):
@@ -320,7 +320,7 @@ class LanguageModel(Workload):
         f.write(text)
     else:
       s = c.sample
-      key = jax.random.fold_in(jax.random.key(c.seed), _SAMPLE_STREAM)
+      key = jax.random.fold_in(jax.random.key(c.seed), streams.SAMPLE)
       text = self.write_samples(os.path.join(fig_dir, 'samples.txt'), state.params,
                                 [s.prompt] * s.num_samples, s.num_tokens, key,
                                 s.temperature, s.top_k, s.top_p)

@@ -37,7 +37,6 @@ Where the numbers come from:
 
 import json
 import os
-from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -48,10 +47,12 @@ import optax
 from frontiers_jax import config as config_lib
 from frontiers_jax import data as data_lib
 from frontiers_jax import models
+from frontiers_jax import streams
 from frontiers_jax.errors import check
 from frontiers_jax.uncertainty import ensembles
 from frontiers_jax.uncertainty import evidential as ev
 from frontiers_jax.uncertainty import metrics
+from frontiers_jax.uncertainty.models import CNN, MLP
 from frontiers_jax.uncertainty import plots
 from frontiers_jax.workloads.base import Workload, gradient_step
 from frontiers_jax.workloads.classification import NUM_CLASSES, load_images
@@ -71,63 +72,6 @@ OUTSIDE = 4.5   # "outside the data": |x| > 4.5
 X_SCALE, Y_SCALE = TRAIN_RANGE, TRAIN_RANGE**3
 SHOWN_RANGE = 6.0
 HISTOGRAM_BINS = 30
-
-_EVAL_STREAM = 11  # dropout masks of evaluation: fold_in(key(seed), 11)
-
-
-# --- Models --------------------------------------------------------------------
-
-
-def dropout(rate: float, train: bool, shared: bool) -> nn.Dropout:
-  """Dropout on while `train`; with `shared`, one mask for the whole batch
-  (broadcast over axis 0), so that an MC-dropout pass is one sampled
-  sub-network applied to every input: its curve over a grid is a smooth
-  function, and an input's prediction does not depend on its batch position."""
-  return nn.Dropout(rate, deterministic=not train, broadcast_dims=(0,) if shared else ())
-
-
-class MLP(nn.Module):
-  """Flatten, Dense-ReLU (then dropout, if any) per hidden width, linear readout."""
-  hidden: Sequence[int]
-  num_outputs: int
-  dropout: float = 0.0
-
-  @nn.compact
-  def __call__(self, x_BxD: jax.Array, train: bool = False,
-               shared_masks: bool = False) -> jax.Array:
-    x = x_BxD.reshape(x_BxD.shape[0], -1)
-    for width in self.hidden:
-      x = nn.relu(nn.Dense(width)(x))
-      if self.dropout:
-        x = dropout(self.dropout, train, shared_masks)(x)
-    return nn.Dense(self.num_outputs)(x)
-
-
-class CNN(nn.Module):
-  """`models.SmallCNN`'s layers ([conv3x3-maxpool2-ReLU] per feature size,
-  Dense-ReLU, readout) with dropout after the dense layer.
-
-  Every convolution runs as one im2col matmul (`models.conv3x3_as_matmul`):
-  vmapped over ensemble members it becomes a batched matmul, where a vmapped
-  `lax.conv` becomes a grouped convolution that XLA:CPU runs very slowly
-  (measured: 5 members, batch 128 of MNIST, 3.9 s a step).
-  """
-  features: Sequence[int]
-  dense: int
-  num_outputs: int
-  dropout: float = 0.0
-
-  @nn.compact
-  def __call__(self, x_BxHxWxC: jax.Array, train: bool = False,
-               shared_masks: bool = False) -> jax.Array:
-    x = x_BxHxWxC
-    for f in self.features:
-      x = nn.relu(models.max_pool_2x2(nn.Conv(
-          f, (3, 3), padding='SAME', conv_general_dilated=models.conv3x3_as_matmul)(x)))
-    x = nn.relu(nn.Dense(self.dense)(x.reshape(x.shape[0], -1)))
-    if self.dropout:
-      x = dropout(self.dropout, train, shared_masks)(x)
-    return nn.Dense(self.num_outputs)(x)
 
 
 # --- Data ------------------------------------------------------------------------
@@ -349,7 +293,7 @@ class Uncertainty(Workload):
   # -- Evaluation ---------------------------------------------------------------------
 
   def eval_key(self):
-    return jax.random.fold_in(jax.random.key(self.config.seed), _EVAL_STREAM)
+    return jax.random.fold_in(jax.random.key(self.config.seed), streams.EVAL_DROPOUT)
 
   def eval_step(self, state, batch):
     """Masked sums. Test split: accuracy, NLL (`loss`), confidence and the
@@ -472,41 +416,43 @@ class Uncertainty(Workload):
       result['epistemic_ratio'] = result['epistemic_out'] / result['epistemic_in']
     return result
 
-  def result_of(self, state, data) -> dict:
-    """`evaluate_uncertainty` of `state`, computed once for `final_metrics`
-    and `figures` (the loop passes both the same state)."""
-    if getattr(self, '_result', (None,))[0] is not state:
-      self._result = (state, self.evaluate_uncertainty(state, data))
-    return self._result[1]
-
-  def final_metrics(self, state, data):
-    """The headline scores of the whole test (and OOD) split, as `test/...`:
-    accuracy, NLL, ECE and an AUROC per score; RMSE, coverage and the
-    epistemic ratio on the cubic."""
-    result = self.result_of(state, data)
+  def headline(self, result: dict) -> dict[str, float]:
+    """The headline scores of a result, as `test/...`: accuracy, NLL, ECE and
+    an AUROC per score; RMSE, coverage and the epistemic ratio on the cubic."""
     keys = (('rmse_in', 'covered_in', 'covered_out', 'epistemic_ratio') if self.regression
             else ('accuracy', 'nll', 'ece'))
     out = {f'test/{k}': result[k] for k in keys if k in result}
     out.update({f'test/auroc_{name}': v for name, v in result.get('auroc', {}).items()})
     return out
 
-  def evaluate(self, state, data, workdir: str, mesh, say=print) -> str:
-    """The scores of `final_metrics` and the figures, with the whole result
-    in `figures/uncertainty.json`."""
-    del mesh
-    fig_dir = os.path.join(workdir, 'figures')
-    os.makedirs(fig_dir, exist_ok=True)
-    for name, value in self.final_metrics(state, data).items():
-      say(f'{name:<28} {value:.4f}')
-    figures = self.figures(state, data, [], fig_dir)
-    say(f'figures: {", ".join(os.path.basename(p) for p in figures)}')
-    return os.path.join(fig_dir, RESULT_FILE)
-
-  def figures(self, state, data, history, fig_dir):
-    result = self.result_of(state, data)
+  def write_result(self, result: dict, fig_dir: str) -> list[str]:
+    """`fig_dir/uncertainty.json` (the whole result) and the figures of it."""
     with open(os.path.join(fig_dir, RESULT_FILE), 'w') as f:
       json.dump(result, f)
     return draw({self.config.method: result}, fig_dir)
+
+  def report(self, state, data, history, fig_dir):
+    """Scores and figures from one pass over the test (and OOD) split."""
+    result = self.evaluate_uncertainty(state, data)
+    return self.headline(result), self.write_result(result, fig_dir)
+
+  def final_metrics(self, state, data):
+    return self.headline(self.evaluate_uncertainty(state, data))
+
+  def figures(self, state, data, history, fig_dir):
+    return self.write_result(self.evaluate_uncertainty(state, data), fig_dir)
+
+  def evaluate(self, state, data, workdir: str, mesh, say=print) -> str:
+    """The headline scores and the figures, with the whole result in
+    `figures/uncertainty.json`."""
+    del mesh
+    fig_dir = os.path.join(workdir, 'figures')
+    os.makedirs(fig_dir, exist_ok=True)
+    scores, figures = self.report(state, data, [], fig_dir)
+    for name, value in scores.items():
+      say(f'{name:<28} {value:.4f}')
+    say(f'figures: {", ".join(os.path.basename(p) for p in figures)}')
+    return os.path.join(fig_dir, RESULT_FILE)
 
   def describe(self, state, flops_per_step):
     params = models.count_params(state.params)

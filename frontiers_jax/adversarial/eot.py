@@ -33,8 +33,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from frontiers_jax import attacks
-from frontiers_jax.attacks import LogitsFn
+from frontiers_jax.adversarial import attacks
+from frontiers_jax.adversarial.attacks import LogitsFn
 
 # The names of the per-example transformation parameters; each is [count, B]
 # from `sample_transforms` (or [B] for one transformation per example).

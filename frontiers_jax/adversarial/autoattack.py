@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from frontiers_jax import attacks
-from frontiers_jax.attacks import LogitsFn
+from frontiers_jax.adversarial import attacks
+from frontiers_jax.adversarial.attacks import LogitsFn
 
 AUTOATTACK = ('apgd-ce', 'apgd-dlr', 'square')
 SQUARE_LOSSES = {'margin': 'cw', 'ce': 'ce'}  # name -> `attacks.attack_loss` objective

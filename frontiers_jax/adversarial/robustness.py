@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from frontiers_jax import attacks
+from frontiers_jax.adversarial import attacks
 from frontiers_jax.data import pipeline
+from frontiers_jax.progress import Progress
 from frontiers_jax.training import sharding
 
 Attack = Callable[..., tuple[jax.Array, jax.Array]]
@@ -47,7 +48,7 @@ def make_attacks(names: Sequence[str], norm: str, pgd_steps: int, apgd_steps: in
            # For the "more steps and restarts never help" check.
            'pgd-long': functools.partial(pgd, steps=2 * pgd_steps, restarts=2)}
   if any(n.startswith(('apgd', 'square')) for n in names):
-    from frontiers_jax import autoattack  # noqa: PLC0415  (optional until present)
+    from frontiers_jax.adversarial import autoattack  # noqa: PLC0415  (optional until present)
     table['apgd-ce'] = functools.partial(autoattack.apgd, steps=apgd_steps, norm=norm,
                                          loss='ce')
     table['apgd-dlr'] = functools.partial(autoattack.apgd, steps=apgd_steps, norm=norm,
@@ -57,8 +58,11 @@ def make_attacks(names: Sequence[str], norm: str, pgd_steps: int, apgd_steps: in
 
 
 def evaluate(apply_fn, params, split: dict, key: jax.Array, eps_list: Sequence[float],
-             attack_fns: dict[str, Attack], batch_size: int, mesh) -> dict:
-  """Clean accuracy, and accuracy under each attack and in the worst case, per eps."""
+             attack_fns: dict[str, Attack], batch_size: int, mesh,
+             progress: Progress | None = None) -> dict:
+  """Clean accuracy, and accuracy under each attack and in the worst case, per
+  eps. `progress` (optional) hears of every attacked batch: which eps and
+  attack, how many images of all the attacks' work are done."""
   def logits_fn(p, x):
     return apply_fn({'params': p}, x)
 
@@ -71,13 +75,15 @@ def evaluate(apply_fn, params, split: dict, key: jax.Array, eps_list: Sequence[f
   def correct_batch(p, x, y, mask):
     return jnp.sum((jnp.argmax(logits_fn(p, x), -1) == y) * mask)
 
-  batches = [sharding.shard_batch(mesh, b)
-             for b in pipeline.eval_batches(split, batch_size)]
+  local = list(pipeline.eval_batches(split, batch_size))
+  sizes = [int(np.sum(b['mask'])) for b in local]  # real rows, for the progress
+  batches = [sharding.shard_batch(mesh, b) for b in local]
   count = len(split['label'])
   clean = sum(float(correct_batch(params, b['image'], b['label'], b['mask']))
               for b in batches) / count
   accuracy = {name: [] for name in attack_fns}
   worst = []
+  done = 0
   for e, eps in enumerate(eps_list):
     fooled_any = []
     for b_index, b in enumerate(batches):
@@ -88,6 +94,10 @@ def evaluate(apply_fn, params, split: dict, key: jax.Array, eps_list: Sequence[f
                                jnp.float32(eps), name)
         accuracy[name].append(success)
         fooled = fooled | success
+        if progress is not None:
+          success.block_until_ready()  # the work done, not the work dispatched
+          done += sizes[b_index]
+          progress.update(done, f'eps {eps:g}, {name}')
       fooled_any.append(fooled)
     worst.append(fooled_any)
   # Robust accuracy = examples neither misclassified clean nor fooled (the
