@@ -25,4 +25,3 @@ def test_disabled_progress_prints_nothing():
   progress = Progress('sample', total=2, unit='images', stream=out, enabled=False)
   progress.update(2)
   assert out.getvalue() == ''
-
