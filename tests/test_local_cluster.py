@@ -191,14 +191,15 @@ def test_two_processes_match_one_and_survive_sigterm_on_one_host(workload, tmp_p
 
   done = subprocess.run(cluster, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
-  assert f'[0] [{workload}] resumed from step {saved}' in done.stdout
-  # Process 0 alone reports: progress and the final line. (Gloo, the CPU
-  # collectives library, prints in both, its lines at times cut in pieces.)
-  reports = [f'[{workload}]', 'done in ']
-  assert [line for line in done.stdout.splitlines()
-          if line.startswith('[0]') and any(r in line for r in reports)]
-  assert not [line for line in done.stdout.splitlines()
-              if line.startswith('[1]') and any(r in line for r in reports)]
+  assert f'[0] [{workload}] resumed from step {saved}' in done.stderr
+  # Process 0 alone reports: progress (stderr) and the final line (stdout).
+  # (Gloo, the CPU collectives library, prints in both, its lines at times
+  # cut in pieces.)
+  for stream, report in ((done.stderr, f'[{workload}]'), (done.stdout, 'done in ')):
+    assert [line for line in stream.splitlines()
+            if line.startswith('[0]') and report in line]
+    assert not [line for line in stream.splitlines()
+                if line.startswith('[1]') and report in line]
   summary = json.loads((two / 'summary.json').read_text())
   assert summary['devices']['process_count'] == 2 and summary['devices']['count'] == 4
 

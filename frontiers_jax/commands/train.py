@@ -22,8 +22,10 @@ FLAGS = cli.FLAGS
 
 def main(argv: list[str]) -> int:
   del argv
-  from frontiers_jax import runs  # jax is imported after parsing.
-  from frontiers_jax.training import logs, loop
+  import jax  # noqa: PLC0415 (imported after parsing: a second)
+
+  from frontiers_jax import runs
+  from frontiers_jax.training import loop
   config = cli.load_config_from_flags()
   try:
     summary = runs.train(config, FLAGS.workdir)
@@ -41,7 +43,8 @@ def main(argv: list[str]) -> int:
     # never come (seen: 5 min), holding the exit; nothing is left to write.
     sys.stdout.flush()
     os._exit(loop.EXIT_WRITE_FAILED)
-  logs.console(f'done in {summary["wall_time_s"]:.1f} s: {FLAGS.workdir}/summary.json')
+  if jax.process_index() == 0:
+    print(f'done in {summary["wall_time_s"]:.1f} s: {FLAGS.workdir}/summary.json', flush=True)
   return 0
 
 

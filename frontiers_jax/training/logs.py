@@ -198,5 +198,7 @@ def _short(value: float) -> str:
 
 
 def console(line: str) -> None:
+  """A progress line, from process 0, on stderr: stdout keeps what a command
+  gives as its result (the final line, samples, tables)."""
   if jax.process_index() == 0:
-    print(line, file=sys.stdout, flush=True)
+    print(line, file=sys.stderr, flush=True)
