@@ -18,6 +18,7 @@ from frontiers_jax import report
 from frontiers_jax import runs as runs_lib
 from frontiers_jax import sweep
 from frontiers_jax.errors import UsageError
+from frontiers_jax.progress import Progress
 from frontiers_jax.training import loop
 from frontiers_jax.workloads import approximation as approximation_lib
 from frontiers_jax.workloads import bias as bias_lib
@@ -403,18 +404,23 @@ def _available(name: str, data_dir: str) -> bool:
   return True
 
 
+SECTIONS = {
+    'approximation': approximation_section, 'generalization': generalization_section,
+    'adversarial': adversarial_section, 'diffusion': diffusion_section, 'lm': lm_section,
+    'uncertainty': uncertainty_section, 'bias': bias_section,
+}
+
+
 def run_tour(workdir: str, configs_dir: str = 'configs', quick: bool = False) -> str:
-  """Runs every experiment of the tour; returns the path of report.html."""
+  """Runs every experiment of the tour, saying on stderr which one is next;
+  returns the path of report.html."""
   load = config_loader(configs_dir)
-  sections = [
-      approximation_section(load, os.path.join(workdir, 'approximation'), quick),
-      generalization_section(load, os.path.join(workdir, 'generalization'), quick),
-      adversarial_section(load, os.path.join(workdir, 'adversarial'), quick),
-      diffusion_section(load, os.path.join(workdir, 'diffusion'), quick),
-      lm_section(load, os.path.join(workdir, 'lm'), quick),
-      uncertainty_section(load, os.path.join(workdir, 'uncertainty'), quick),
-      bias_section(load, os.path.join(workdir, 'bias'), quick),
-  ]
+  progress = Progress('demo', len(SECTIONS), 'experiments done', every_s=0)
+  sections = []
+  for name, section in SECTIONS.items():
+    progress.update(len(sections), f'next: {name}')
+    sections.append(section(load, os.path.join(workdir, name), quick))
+  progress.update(len(sections), 'all')
   return report.write(
       os.path.join(workdir, 'report.html'), 'frontiers_jax: the New Frontiers lecture tour',
       sections, intro='Each section is one experiment of MIT 6.S191 "New Frontiers", '

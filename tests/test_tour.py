@@ -25,9 +25,14 @@ def test_report_inlines_figures_and_escapes_text(tmp_path):
 
 # 2.5 min on a slow day, all on one worker: run by `make test-matrix` (CI runs it).
 @pytest.mark.matrix
-def test_quick_tour_writes_one_self_contained_report(tmp_path, fast_compile):
+def test_quick_tour_writes_one_self_contained_report(tmp_path, fast_compile, capsys):
   path = tour.run_tour(str(tmp_path / 'demo'), CONFIGS, quick=True)
   assert path == str(tmp_path / 'demo' / 'report.html')
+  # Which experiment is next, on stderr, then all of them done.
+  said = [line for line in capsys.readouterr().err.splitlines() if line.startswith('[demo]')]
+  assert said[0] == '[demo] next: approximation: 0/7 experiments done (0.0%)'
+  assert '[demo] next: lm: 4/7 experiments done (57.1%)' in said[4]
+  assert said[-1].startswith('[demo] all: 7/7 experiments done (100.0%)  in ')
   text = open(path).read()
   assert 'Universal approximation' in text and 'Rethinking generalization' in text
   assert 'Adversarial examples' in text and 'Diffusion models' in text
