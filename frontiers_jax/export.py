@@ -89,8 +89,8 @@ def export_torch(run, path: str) -> str:
   """The PyTorch twin's `state_dict`, saved with `torch.save`. Load it with
   `TorchGPT.from_module(fj.load_run(WORKDIR).model).load_state_dict(torch.load(path))`
   (likewise `TorchUNet`, `TorchSmallCNN`)."""
+  twin = torch_twin(run)  # checks first that there is a twin, and torch
   import torch  # noqa: PLC0415
-  twin = torch_twin(run)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   torch.save(twin.state_dict(), path)
   return path

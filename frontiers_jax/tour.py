@@ -22,6 +22,7 @@ from frontiers_jax.progress import Progress
 from frontiers_jax.training import loop
 from frontiers_jax.workloads import approximation as approximation_lib
 from frontiers_jax.workloads import bias as bias_lib
+from frontiers_jax.workloads import diffusion_scores
 from frontiers_jax.workloads import generalization as generalization_lib
 from frontiers_jax.workloads import lm as lm_lib
 from frontiers_jax.workloads import uncertainty as uncertainty_lib
@@ -205,8 +206,8 @@ def diffusion_section(load: ConfigLoader, workdir: str, quick: bool) -> report.S
   result = {'num_samples': 0, 'fid': {}, 'fid_floor': None,
             'classifier_test_accuracy': float('nan')}
   if not quick:  # tests/test_diffusion.py covers the evaluation.
-    result = run.workload.evaluate_generation(loop.restore_trained(run), run.data, workdir,
-                                              say=lambda _: None)
+    result = diffusion_scores.evaluate_generation(run.workload, loop.restore_trained(run),
+                                                  run.data, workdir, say=lambda _: None)
   figures = [os.path.join(workdir, 'figures', name) for name in
              ('diffusion_forward.png', 'diffusion_reverse.png',
               'diffusion_samples_guided.png', 'diffusion_samples.png', 'fid_vs_steps.png')

@@ -15,6 +15,7 @@ from frontiers_jax import workloads
 from frontiers_jax.errors import UsageError
 from frontiers_jax.training import loop
 from frontiers_jax.workloads import diffusion
+from frontiers_jax.workloads import diffusion_scores
 from attack_models import fast_jit
 from conftest import REPO, load
 
@@ -147,7 +148,8 @@ def test_evaluation_reports_fid_accuracy_and_bits(tiny_run):
   config = load('diffusion.py:tiny')
   run = runs.prepare(config, workdir)
   state = loop.restore_trained(run)
-  result = run.workload.evaluate_generation(state, run.data, workdir, say=lambda _: None)
+  result = diffusion_scores.evaluate_generation(run.workload, state, run.data, workdir,
+                                                say=lambda _: None)
   assert set(result['fid']) == {'ddpm', 'ddim', 'dpm_solver'}
   assert result['fid']['ddpm'][20] >= 0 and result['fid_floor'] >= 0
   assert 0 <= result['conditional_accuracy'] <= 1

@@ -64,7 +64,7 @@ def test_every_third_party_import_is_declared():
         found.add(words[1].split('.')[0])
   stdlib = set(sys.stdlib_module_names)
   third_party = {m for m in found if m not in stdlib and m != 'frontiers_jax'} - optional
-  names = {Requirement(line).name.lower() for line in runtime_requirements()}
+  names = {Requirement(line).name.lower().replace('_', '-') for line in runtime_requirements()}
   missing = {m for m in third_party
              if import_names.get(m, m).lower().replace('_', '-') not in names}
   assert not missing, missing

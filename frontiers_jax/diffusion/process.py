@@ -218,3 +218,12 @@ def term_bpd(sched, objective, x0, xt, t_B, prediction, variance='large'):
   nll = -discretized_gaussian_log_likelihood(x0, mean, log_var)
   first = (t_B == 0).reshape(t_B.shape + (1,) * (x0.ndim - 1))
   return _mean_bits(jnp.where(first, nll, kl))
+
+
+def to_model_space(images):
+  """[0, 1] -> [-1, 1], the range the process assumes for x_0."""
+  return images * 2.0 - 1.0
+
+
+def to_image_space(x):
+  return (jnp.clip(x, -1.0, 1.0) + 1.0) / 2.0

@@ -30,6 +30,7 @@ import numpy as np
 from jax import lax
 
 from frontiers_jax.diffusion import process
+from frontiers_jax.errors import check
 
 SAMPLERS = ('ddpm', 'ddim', 'dpm_solver')
 VARIANCES = ('large', 'small')
@@ -256,3 +257,17 @@ def sample(name: str, model_fn: ModelFn, sched, objective: str, shape, key, *,
     fn = ddim if name == 'ddim' else dpm_solver
     return fn(model_fn, sched, objective, shape, key, num_steps=num_steps, **kw)
   raise ValueError(f'unknown sampler {name!r}; allowed: {", ".join(SAMPLERS)}')
+
+
+def parse_sampler(spec: str, num_timesteps: int) -> tuple[str, int]:
+  """'ddim:50' -> ('ddim', 50); 'ddpm' -> ('ddpm', T)."""
+  name, _, steps = spec.partition(':')
+  check(name in SAMPLERS, 'sampler', f'unknown sampler {name!r} in {spec!r}',
+        f'allowed: {", ".join(SAMPLERS)}')
+  if name == 'ddpm':
+    check(steps in ('', str(num_timesteps)), 'sampler', f'{spec!r}: ddpm takes all '
+          f'{num_timesteps} steps', f'write ddpm or ddpm:{num_timesteps}')
+    return name, num_timesteps
+  check(steps.isdigit() and 0 < int(steps) <= num_timesteps, 'sampler',
+        f'{spec!r} has no valid step count', f'write {name}:S with 1 <= S <= {num_timesteps}')
+  return name, int(steps)

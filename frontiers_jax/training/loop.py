@@ -287,14 +287,19 @@ def run_training(run: Run) -> dict:
   # Process 0 scores and draws alone, so from a host copy: a computation on
   # global arrays must be run by every process.
   host_state = jax.device_get(jax.jit(lambda s: s, out_shardings=replicated)(state))
-  if lead:
-    fig_dir = os.path.join(workdir, 'figures')
-    final_metrics, figures = _report(workload, host_state, run.data, history, fig_dir)
-    log.write_figures(step, figures, fig_dir)
-  summary = make_summary(config, history, time.time() - start_time,
-                         first_step, steady_times, figures, speed, memory, final_metrics)
-  if lead:
-    (epath.Path(workdir) / 'summary.json').write_text(json.dumps(summary, indent=2))
+  try:
+    if lead:
+      fig_dir = os.path.join(workdir, 'figures')
+      final_metrics, figures = _report(workload, host_state, run.data, history, fig_dir)
+      log.write_figures(step, figures, fig_dir)
+    summary = make_summary(config, history, time.time() - start_time,
+                           first_step, steady_times, figures, speed, memory, final_metrics)
+    if lead:
+      (epath.Path(workdir) / 'summary.json').write_text(json.dumps(summary, indent=2))
+  except OSError as e:  # The figures or the summary: a rerun writes them again.
+    raise checkpoints_lib.WriteFailed(
+        f'{e.filename or workdir} could not be written after the last step: '
+        f'{checkpoints_lib.root_cause(e)}; {ckpt.intact()}') from e
   return summary
 
 

@@ -16,10 +16,8 @@ them to the shared training loop, `launch/sample.py` and `launch/evaluate.py`.
 """
 
 import functools
-import json
 import math
 import os
-import time
 from typing import Any, Callable
 
 import jax
@@ -30,18 +28,16 @@ from flax.training import train_state
 
 from frontiers_jax import config as config_lib
 from frontiers_jax import data as data_lib
-from frontiers_jax import models
 from frontiers_jax import plots
-from frontiers_jax import runs
 from frontiers_jax import streams
-from frontiers_jax.diffusion import evaluation
 from frontiers_jax.diffusion import process
 from frontiers_jax.diffusion import samplers
 from frontiers_jax.diffusion import unet
+from frontiers_jax.diffusion.process import to_image_space, to_model_space
+from frontiers_jax.diffusion.samplers import parse_sampler
 from frontiers_jax.errors import UsageError, check
-from frontiers_jax.progress import Progress
-from frontiers_jax.training import loop
 from frontiers_jax.training.optim import make_optimizer
+from frontiers_jax.workloads import diffusion_scores
 from frontiers_jax.workloads.base import SampleRequest, Workload, gradient_step
 from frontiers_jax.workloads.classification import NUM_CLASSES, load_images
 
@@ -59,29 +55,6 @@ CLASS_NAMES['mnist'] = CLASS_NAMES['digits']
 class DiffusionState(train_state.TrainState):
   """The train state plus the moving average of the parameters."""
   ema_params: Any = None
-
-
-def to_model_space(images):
-  """[0, 1] -> [-1, 1], the range the process assumes for x_0."""
-  return images * 2.0 - 1.0
-
-
-def to_image_space(x):
-  return (jnp.clip(x, -1.0, 1.0) + 1.0) / 2.0
-
-
-def parse_sampler(spec: str, num_timesteps: int) -> tuple[str, int]:
-  """'ddim:50' -> ('ddim', 50); 'ddpm' -> ('ddpm', T)."""
-  name, _, steps = spec.partition(':')
-  check(name in samplers.SAMPLERS, 'sampler', f'unknown sampler {name!r} in {spec!r}',
-        f'allowed: {", ".join(samplers.SAMPLERS)}')
-  if name == 'ddpm':
-    check(steps in ('', str(num_timesteps)), 'sampler', f'{spec!r}: ddpm takes all '
-          f'{num_timesteps} steps', f'write ddpm or ddpm:{num_timesteps}')
-    return name, num_timesteps
-  check(steps.isdigit() and 0 < int(steps) <= num_timesteps, 'sampler',
-        f'{spec!r} has no valid step count', f'write {name}:S with 1 <= S <= {num_timesteps}')
-  return name, int(steps)
 
 
 def label_from_prompt(prompt: str, dataset: str) -> int:
@@ -375,127 +348,10 @@ class Diffusion(Workload):
         col_labels=[f'step {i + 1}' for i in shown]))
     return paths
 
-  # -- Evaluation (launch/evaluate.py) --------------------------------------------
-
-  def feature_classifier(self, workdir: str):
-    """The project's CNN trained on the same dataset, in `workdir/classifier`
-    (trained on the first call, restored after): (model, params, accuracy)."""
-    c = self.config
-    k = config_lib.base_config()
-    k.workload = 'generalization'
-    k.randomization = 'none'
-    k.corruption = 0.5
-    k.data = c.data.copy_and_resolve_references()
-    k.data.train_size = 0
-    k.model = config_lib.classifier_config('cnn')
-    k.num_steps = c.eval.classifier_steps
-    k.batch_size = 128
-    k.eval_batch_size = c.eval_batch_size
-    k.log_every = max(1, k.num_steps // 10)
-    k.eval_every = 0
-    k.checkpoint_every = k.num_steps
-    k.optim.schedule = 'cosine'
-    k.quiet = c.quiet
-    k.seed = c.seed
-    directory = os.path.join(workdir, 'classifier')
-    run = runs.prepare(k, directory)
-    if os.path.exists(os.path.join(directory, 'summary.json')):
-      state = loop.restore_trained(run)
-    else:
-      loop.run_training(run)
-      state = loop.restore_trained(run)
-    with open(os.path.join(directory, 'summary.json')) as f:
-      accuracy = json.load(f)['final']['eval/accuracy']
-    return models.create_classifier(k.model, NUM_CLASSES), state.params, accuracy
+  # -- Evaluation (frontiers evaluate) --------------------------------------------
 
   def evaluate(self, state, data, workdir: str, mesh, say=print) -> str:
-    """`evaluate_generation`: FID, guided accuracy and bits/dim."""
+    """FID, guided accuracy and bits/dim (`diffusion_scores.evaluate_generation`)."""
     del mesh  # Sampling runs on one device: its batches are small.
-    self.evaluate_generation(state, data, workdir, say)
+    diffusion_scores.evaluate_generation(self, state, data, workdir, say)
     return os.path.join(workdir, 'generation.json')
-
-  def evaluate_generation(self, state, data, workdir: str, say=print) -> dict:
-    """FID per sampler and step count, conditional accuracy of guided samples,
-    bits/dim; writes `generation.json` and `figures/fid_vs_steps.png`."""
-    c, e = self.config, self.config.eval
-    key = jax.random.fold_in(jax.random.key(c.seed), streams.EVALUATE)
-    shape = self.image_shape(data)
-    model, params, classifier_accuracy = self.feature_classifier(workdir)
-    say(f'feature classifier: test accuracy {classifier_accuracy:.4f}')
-    features = functools.partial(evaluation.classifier_features, model, params)
-    test = data['test']
-    test_feats = features(test['image'])
-    real = data['train']['image'][:e.num_samples]
-    floor = evaluation.fid_from_features(features(real), test_feats)
-    say(f'FID of {len(real)} real training images vs the test set (the floor): {floor:.3f}')
-    results = {'num_samples': e.num_samples, 'guidance': e.guidance,
-               'classifier_test_accuracy': classifier_accuracy, 'fid_floor': floor,
-               'fid': {}, 'sampling_s': {}}
-    labels = np.arange(e.num_samples) % NUM_CLASSES if self.num_classes else None
-    accuracy_total = NUM_CLASSES * e.accuracy_samples if self.num_classes else 0
-    progress = Progress('evaluate', e.num_samples * len(e.fid_samplers) + accuracy_total,
-                        'images sampled', enabled=not c.quiet)
-    for index, spec in enumerate(e.fid_samplers):
-      name, steps = parse_sampler(spec, c.diffusion.num_timesteps)
-      start = time.time()
-      before = index * e.num_samples
-      images = self.generate_many(
-          state, jax.random.fold_in(key, index), e.num_samples, shape, name, steps, labels,
-          e.guidance, on_batch=lambda n, b=before, s=spec: progress.update(b + n, f'FID {s}'))
-      seconds = time.time() - start
-      fid = evaluation.fid_from_features(features(images), test_feats)
-      results['fid'].setdefault(name, {})[steps] = fid
-      results['sampling_s'][f'{name}:{steps}'] = seconds
-      say(f'FID {name:<10} {steps:>5} steps: {fid:8.3f}  ({seconds:.0f} s to sample)')
-    if self.num_classes:
-      wanted = np.repeat(np.arange(NUM_CLASSES), e.accuracy_samples)
-      before = e.num_samples * len(e.fid_samplers)
-      images = self.generate_many(
-          state, jax.random.fold_in(key, 1000), len(wanted), shape, c.sample.sampler,
-          c.sample.steps, wanted, e.accuracy_guidance,
-          on_batch=lambda n: progress.update(before + n, 'guided samples'))
-      predicted = np.concatenate([
-          np.asarray(jnp.argmax(model.apply({'params': params}, jnp.asarray(chunk)), -1))
-          for chunk in np.array_split(images, max(1, len(images) // 500))])
-      per_class = [float(np.mean(predicted[wanted == k] == k)) for k in range(NUM_CLASSES)]
-      results['conditional_accuracy'] = float(np.mean(predicted == wanted))
-      results['conditional_accuracy_per_class'] = per_class
-      results['conditional_setting'] = {'sampler': c.sample.sampler,
-                                        'steps': c.sample.steps,
-                                        'guidance': e.accuracy_guidance}
-      say(f'guided samples ({c.sample.sampler} {c.sample.steps} steps, scale '
-          f'{e.accuracy_guidance:g}) labelled as asked: {results["conditional_accuracy"]:.4f}')
-    if e.bpd_examples:
-      results['bits_per_dim'] = self.bits_per_dim(state, test['image'][:e.bpd_examples],
-                                                  jax.random.fold_in(key, 2000))
-      say(f'negative ELBO on {min(e.bpd_examples, len(test["image"]))} test images: '
-          f'{results["bits_per_dim"]:.4f} bits/dim')
-    os.makedirs(os.path.join(workdir, 'figures'), exist_ok=True)
-    if results['fid']:
-      plots.fid_vs_steps(results['fid'], floor, f'{c.data.name}: FID vs sampler steps',
-                         os.path.join(workdir, 'figures', 'fid_vs_steps.png'))
-    with open(os.path.join(workdir, 'generation.json'), 'w') as f:
-      json.dump(results, f, indent=2)
-    return results
-
-  def bits_per_dim(self, state, images, key) -> float:
-    """Mean negative ELBO (Ho et al. 2020, eq. 5) of `images`, bits/dim."""
-    d = self.config.diffusion
-    sched = self.schedule
-
-    @jax.jit
-    def batch_bpd(x0, k):
-      def pred_fn(xt, t_B):
-        labels = (jnp.full(t_B.shape, self.num_classes, jnp.int32)
-                  if self.num_classes else None)
-        return state.apply_fn({'params': state.ema_params}, xt, t_B, labels)
-      return evaluation.nelbo_bpd(pred_fn, sched, d.objective, x0, k)
-
-    batch = min(self.config.eval.batch_size, len(images))
-    total = 0.0
-    for start in range(0, len(images), batch):
-      chunk = to_model_space(np.resize(images[start:start + batch],
-                                       (batch,) + images.shape[1:]))
-      bpd = np.asarray(batch_bpd(jnp.asarray(chunk), jax.random.fold_in(key, start)))
-      total += float(bpd[:len(images) - start].sum())
-    return total / len(images) if len(images) else math.nan
