@@ -44,11 +44,6 @@ def define_distributed_flags(module: str) -> None:
                        module_name=module)
 
 
-def overrides() -> list[tuple[str, str]]:
-  """The `--config.KEY=VALUE` pairs of the command line, in order."""
-  return list(_overrides)
-
-
 def _parse(argv: list[str]) -> list[str]:
   rest, found = config_lib.split_override_args(argv)
   _overrides.extend(found)

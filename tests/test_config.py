@@ -42,7 +42,7 @@ def test_variants_differ_where_named():
     ('lm.py:shakespeare_char_cpu', (4, 4, 128, 64, 12, 2000), 0.0, 'rotary'),
     ('lm.py:shakespeare_char', (6, 6, 384, 256, 64, 5000), 0.2, 'learned')])
 def test_shakespeare_configs_are_nanogpts(spec, shape, dropout, positions):
-  """Issue #5's two acceptance configurations, key by key."""
+  """nanoGPT's two Shakespeare configurations, key by key."""
   c = load(spec)
   m, o = c.model, c.optim
   assert (m.num_layers, m.num_heads, m.width, m.context, c.batch_size, c.num_steps) == shape

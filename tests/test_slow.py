@@ -30,7 +30,7 @@ def test_mnist_random_labels_are_memorized_and_test_is_chance(tmp_path, data_dir
 
 
 def test_mnist_standard_training_is_accurate_and_not_robust(tmp_path, data_dir):
-  """Issue #3, acceptance 1: >= 99 % clean, PGD-40 (eps 0.3, step 0.01) <= 1 %."""
+  """MNIST, standard training: >= 99 % clean, PGD-40 (eps 0.3, step 0.01) <= 1 %."""
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
   from frontiers_jax.adversarial import attacks  # noqa: PLC0415
@@ -57,7 +57,7 @@ def test_mnist_standard_training_is_accurate_and_not_robust(tmp_path, data_dir):
 
 
 def test_digits_diffusion_few_step_samplers_match_ddpm(tmp_path):
-  """Issue #4, acceptance 3, on the demo's digits model (embedded data): FID of
+  """Few-step samplers match DDPM, on the demo's digits model (embedded data): FID of
   DDIM-50 and DPM-Solver++-20 within 10 % of ancestral DDPM over all 1000 steps,
   2000 samples each. The README's two commands, on one device (the suite's 8
   fake devices on one core make the 2 million DDPM network calls crawl)."""

@@ -1,4 +1,4 @@
-"""Surviving bad luck, for every workload (issue #7, section 4).
+"""Surviving bad luck, for every workload.
 
 Each scenario interrupts a run and restarts it; the restarted run must end
 exactly where an uninterrupted one ends: the same `metrics.jsonl` and the same

@@ -1,4 +1,4 @@
-"""PyTorch twins of the small CNN and of L-inf PGD (issue #6).
+"""PyTorch twins of the small CNN and of L-inf PGD.
 
 A twin has the flax model's architecture and weights copied from its params;
 on the same batch it must give the same logits, loss and Adam steps, and the
@@ -15,7 +15,7 @@ valid, trajectory; on these random networks 6 of 960 examples did so within
 10 steps (40 seeds, eps 0.05 to 0.3). The PGD test therefore compares per example: at most one of
 the 8 may diverge, the others must agree to 1e-5 on 99% of their pixels (in
 practice on all of them) and have the same success flag. With this file's
-seeds every example agrees exactly. The Adam test's 1e-4 is issue #6's
+seeds every example agrees exactly. The Adam test's 1e-4 is the twin
 criterion; after three steps the observed gap is about 3e-7 here (at worst
 9.6e-5 over seeds 0 to 19, a max-pool near-tie moving a conv gradient).
 """

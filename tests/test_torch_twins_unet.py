@@ -1,4 +1,4 @@
-"""PyTorch twins of the diffusion UNet and of the DDIM sampler (issue #6).
+"""PyTorch twins of the diffusion UNet and of the DDIM sampler.
 
 With the flax weights copied in, the twin gives the same predictions (to
 float32 rounding), the same first-step loss and the same parameters after

@@ -31,7 +31,7 @@ def builders(configs_dir: str) -> dict:
       # nanoGPT's CPU Shakespeare model, with its learned position table.
       'gpt_train_0.8M': lambda: rows.gpt_train('gpt_train_0.8M', load(
           'lm.py:shakespeare_char_cpu', **{'model.positions': 'learned'})),
-      # Issue #6's 10M row: the GPU Shakespeare model at batch 8, without
+      # The 10M row: the GPU Shakespeare model at batch 8, without
       # dropout (two frameworks cannot draw the same dropout masks).
       'gpt_train_10M': lambda: rows.gpt_train('gpt_train_10M', load(
           'lm.py:shakespeare_char', batch_size='8', **{'model.dropout': '0'})),

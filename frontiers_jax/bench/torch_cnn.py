@@ -6,7 +6,7 @@ a ReLU and a 2x2 max pool (odd edges cropped, as `max_pool_2x2` does); then
 flatten, Dense-ReLU and a linear readout. Copy the flax parameters in with
 `load_flax_params` and the two models give the same logits up to float32
 rounding, the same cross-entropy and, under the same optimizer, the same
-parameters after every step (issue #6's twin criteria).
+parameters after every step.
 
 Layouts. Both models take NHWC float32 images in [0, 1]; the twin permutes to
 NCHW for `torch.nn.Conv2d` and back to NHWC before flattening, so the flatten
@@ -23,7 +23,7 @@ permutation of axes is the whole conversion, exact in both directions.
 
 Benchmark sizes (configs/adversarial.py): the `mnist` variant's model, the
 classifier_config('cnn') default conv32-conv64-dense256 on 28x28x1 with batch
-128, is issue #6's "small CNN of #3"; the Madry et al. (2018) variants
+128, is the benchmark's small CNN; the Madry et al. (2018) variants
 (`mnist_pgd`, `mnist_pgd_cpu`, `mnist_trades`) widen the Dense layer to 1024.
 Build either with `from_module(create_classifier(config.model, 10))`.
 """

@@ -1,4 +1,4 @@
-"""Uncertainty: does the network know what it doesn't know? (issue #8, section 1)
+"""Uncertainty: does the network know what it doesn't know?
 
   python launch/train.py --config=configs/uncertainty.py:mnist_ensemble --workdir=D
   python launch/sweep.py --config=configs/uncertainty.py:cubic \

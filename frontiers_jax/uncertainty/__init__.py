@@ -1,3 +1,3 @@
-"""Uncertainty (issue #8, section 1): evidential regression and classification,
+"""Uncertainty: evidential regression and classification,
 deep ensembles and MC dropout, and the metrics that score them (calibration
 error, reliability bins, OOD AUROC, entropy decompositions)."""

@@ -1,4 +1,4 @@
-"""Does a network know what it doesn't know? (issue #8, section 1)
+"""Does a network know what it doesn't know?
 
 Four methods (`config.method`) on two tasks (`config.task`):
 
